@@ -1,0 +1,277 @@
+"""Agents, their lifecycle, and the append-only audit trail of its changes."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from decimal import Decimal
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
+from django.db import models, transaction
+
+from droplets.models import Droplet
+from safer_claw.fields import EncryptedJSONField, EncryptedTextField
+
+MEMORY_LIMIT = re.compile(r"^([1-9][0-9]{0,6})([mg])$")
+MIN_MEMORY_BYTES = 16 * 1024**2  # below this the runtime cannot start Python
+
+
+def memory_limit_bytes(value: str) -> int:
+    """Bytes in a Docker-style memory limit such as ``512m`` or ``1g``."""
+    match = MEMORY_LIMIT.match(value)
+    if not match:
+        raise ValueError(f"invalid memory limit {value!r}")
+    number, unit = match.groups()
+    return int(number) * (1024**2 if unit == "m" else 1024**3)
+
+
+def validate_memory_limit(value: str) -> None:
+    if not MEMORY_LIMIT.match(value or ""):
+        raise ValidationError(
+            "Memory limit must be a whole number of megabytes or gigabytes, like 512m or 1g.",
+            code="invalid_memory_limit",
+        )
+    if memory_limit_bytes(value) < MIN_MEMORY_BYTES:
+        raise ValidationError("Memory limit must be at least 16m.", code="memory_too_small")
+
+
+class AgentStatus(models.TextChoices):
+    PENDING_PAYMENT = "pending_payment", "Pending payment"
+    PROVISIONING = "provisioning", "Provisioning"
+    RUNNING = "running", "Running"
+    STOPPED = "stopped", "Stopped"
+    PAUSED = "paused", "Paused (cap reached)"
+    KILLED = "killed", "Killed"
+    FAILED = "failed", "Failed"
+    DELETED = "deleted", "Deleted"
+
+
+S = AgentStatus
+# DESIGN.md's lifecycle. A killed agent leaves `killed` only by an explicit start
+# from its owner or an operator; `deleted` is final.
+ALLOWED_TRANSITIONS: dict[str, frozenset[str]] = {
+    S.PENDING_PAYMENT: frozenset({S.PROVISIONING, S.DELETED}),
+    S.PROVISIONING: frozenset({S.RUNNING, S.FAILED, S.PAUSED, S.KILLED, S.DELETED}),
+    S.RUNNING: frozenset({S.STOPPED, S.PAUSED, S.KILLED, S.FAILED, S.DELETED}),
+    S.STOPPED: frozenset({S.PROVISIONING, S.RUNNING, S.PAUSED, S.KILLED, S.DELETED}),
+    S.PAUSED: frozenset({S.PROVISIONING, S.RUNNING, S.STOPPED, S.KILLED, S.DELETED}),
+    S.KILLED: frozenset({S.PROVISIONING, S.RUNNING, S.STOPPED, S.DELETED}),
+    S.FAILED: frozenset({S.PROVISIONING, S.KILLED, S.DELETED}),
+    S.DELETED: frozenset(),
+}
+
+
+class InvalidTransition(Exception):
+    """The agent's current state does not allow the requested change."""
+
+    def __init__(self, current: str, requested: str) -> None:
+        self.current = current
+        self.requested = requested
+        super().__init__(f"agent is {current}; it cannot go to {requested}")
+
+
+class AIProvider(models.TextChoices):
+    OPENAI = "openai", "OpenAI"
+    ANTHROPIC = "anthropic", "Anthropic"
+
+
+class Agent(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="agents"
+    )
+    name = models.CharField(
+        max_length=64,
+        validators=[
+            RegexValidator(
+                r"^[A-Za-z0-9][A-Za-z0-9 _.-]*$",
+                "Use letters, digits, spaces, '.', '_' or '-', starting with a letter or digit.",
+            )
+        ],
+    )
+    status = models.CharField(
+        max_length=20, choices=AgentStatus.choices, default=AgentStatus.PENDING_PAYMENT
+    )
+    status_reason = models.TextField(blank=True)
+
+    droplet = models.ForeignKey(
+        Droplet, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    container_id = models.CharField(max_length=64, blank=True)
+
+    ai_provider = models.CharField(
+        max_length=16, choices=AIProvider.choices, default=AIProvider.OPENAI
+    )
+    ai_api_key = EncryptedTextField("AI provider key", editable=False)
+    integrations_config = EncryptedJSONField(editable=False)
+
+    # Container limits (DESIGN.md trust boundary 4).
+    cpu_limit = models.DecimalField(
+        "CPU limit (cores)",
+        max_digits=4,
+        decimal_places=2,
+        default=Decimal("0.50"),
+        validators=[MinValueValidator(Decimal("0.01")), MaxValueValidator(Decimal("64"))],
+    )
+    memory_limit = models.CharField(
+        max_length=12, default="512m", validators=[validate_memory_limit]
+    )
+    pids_limit = models.PositiveIntegerField(
+        default=100, validators=[MinValueValidator(8), MaxValueValidator(4096)]
+    )
+    read_only_root = models.BooleanField("read-only root filesystem", default=True)
+    drop_all_capabilities = models.BooleanField(default=True)
+
+    # Guardrails, enforced by the gateway and the tool gateway.
+    max_tokens_per_request = models.PositiveIntegerField(
+        default=4096, validators=[MinValueValidator(1)]
+    )
+    max_tool_calls_per_run = models.PositiveIntegerField(default=20)
+    max_runtime_seconds = models.PositiveIntegerField(
+        "max runtime per run (s)", default=600, validators=[MinValueValidator(1)]
+    )
+
+    # Caps and their running counters. Money is in US dollars.
+    daily_token_cap = models.PositiveBigIntegerField(default=200_000)
+    monthly_cost_cap = models.DecimalField(
+        max_digits=10,
+        decimal_places=2,
+        default=Decimal("10.00"),
+        validators=[MinValueValidator(Decimal("0"))],
+    )
+    tokens_today = models.PositiveBigIntegerField(default=0)
+    tokens_day = models.DateField(null=True, blank=True, help_text="UTC day tokens_today counts.")
+    cost_this_period = models.DecimalField(max_digits=14, decimal_places=6, default=Decimal("0"))
+    period_started_at = models.DateTimeField(null=True, blank=True)
+
+    last_activity_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["owner", "name"],
+                condition=~models.Q(status="deleted"),
+                name="agent_name_unique_per_owner",
+                violation_error_message="You already have an agent with this name.",
+            ),
+            models.CheckConstraint(condition=models.Q(cpu_limit__gt=0), name="agent_cpu_positive"),
+            models.CheckConstraint(
+                condition=models.Q(monthly_cost_cap__gte=0), name="agent_cost_cap_not_negative"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(cost_this_period__gte=0), name="agent_cost_not_negative"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.status})"
+
+    def clean(self) -> None:
+        if self.droplet_id and self.cpu_limit is not None and self.cpu_limit > self.droplet.vcpus:
+            raise ValidationError(
+                {"cpu_limit": f"{self.droplet.name} has only {self.droplet.vcpus} vCPU(s)."}
+            )
+
+    @property
+    def memory_limit_bytes(self) -> int:
+        return memory_limit_bytes(self.memory_limit)
+
+    def transition(
+        self,
+        to: str,
+        *,
+        actor: Any = None,
+        source: str = "system",
+        reason: str = "",
+        allowed_from: frozenset[str] | None = None,
+        **changes: Any,
+    ) -> bool:
+        """Move to ``to`` under a row lock, recording an AgentEvent.
+
+        Returns False (and records nothing) when the agent is already in ``to``,
+        so a retried task or a redelivered webhook changes nothing. Raises
+        InvalidTransition when the lifecycle (or ``allowed_from``, for actions
+        narrower than the lifecycle) forbids the change. ``changes`` are other
+        fields saved in the same locked update (e.g. ``container_id``).
+        """
+        with transaction.atomic():
+            row = Agent.objects.select_for_update().get(pk=self.pk)
+            if row.status == to:
+                self._sync_from(row)
+                return False
+            permitted = ALLOWED_TRANSITIONS[row.status]
+            if allowed_from is not None and row.status not in allowed_from:
+                permitted = frozenset()
+            if to not in permitted:
+                raise InvalidTransition(row.status, to)
+            AgentEvent.objects.create(
+                agent=row,
+                actor=actor,
+                source=source,
+                from_status=row.status,
+                to_status=to,
+                reason=reason,
+            )
+            row.status = to
+            row.status_reason = reason
+            for name, value in changes.items():
+                setattr(row, name, value)
+            row.save(update_fields=["status", "status_reason", "updated_at", *changes])
+        self._sync_from(row)
+        return True
+
+    def _sync_from(self, row: Agent) -> None:
+        for field in self._meta.concrete_fields:
+            if not isinstance(field, EncryptedTextField):
+                setattr(self, field.attname, getattr(row, field.attname))
+
+
+class AgentEventQuerySet(models.QuerySet):
+    def update(self, **kwargs: Any) -> int:
+        raise TypeError("AgentEvent is append-only")
+
+    def delete(self) -> tuple[int, dict[str, int]]:
+        raise TypeError("AgentEvent is append-only")
+
+
+class AgentEvent(models.Model):
+    """One change in an agent's life: who, when, from, to, why. Never edited."""
+
+    agent = models.ForeignKey(Agent, on_delete=models.PROTECT, related_name="events")
+    # PROTECT: the audit trail outlives nothing it names; deactivate users instead.
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+    )
+    source = models.CharField(
+        max_length=32, help_text="What acted: owner, operator, stripe, kill_switch, system…"
+    )
+    from_status = models.CharField(max_length=20, blank=True)
+    to_status = models.CharField(max_length=20, blank=True)
+    reason = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    objects = AgentEventQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["created_at", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.agent_id}: {self.from_status or '∅'} → {self.to_status} ({self.source})"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if not self._state.adding:
+            raise TypeError("AgentEvent is append-only")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args: Any, **kwargs: Any) -> tuple[int, dict[str, int]]:
+        raise TypeError("AgentEvent is append-only")

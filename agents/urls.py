@@ -1,0 +1,9 @@
+from django.urls import path
+
+from agents import views
+
+app_name = "dashboard"
+
+urlpatterns = [
+    path("", views.dashboard_home, name="home"),
+]

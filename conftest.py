@@ -1,0 +1,30 @@
+"""Fixtures shared by every app's tests: two users (alice and bob) and a droplet."""
+
+from __future__ import annotations
+
+import pytest
+
+from agents.services import create_agent
+from droplets.tests.factories import DropletFactory
+from safer_claw.accounts.tests.factories import UserFactory
+
+
+@pytest.fixture
+def alice(db):
+    return UserFactory(email="alice@example.com")
+
+
+@pytest.fixture
+def bob(db):
+    return UserFactory(email="bob@example.com")
+
+
+@pytest.fixture
+def droplet(db):
+    return DropletFactory()
+
+
+@pytest.fixture
+def agent(alice):
+    """Alice's agent, made the way the product makes one (with its "created" event)."""
+    return create_agent(owner=alice, name="helper", provider_key="sk-test-provider-key-alice")

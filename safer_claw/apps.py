@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class SaferClawConfig(AppConfig):
+    name = "safer_claw"
+    verbose_name = "Safer-Claw"
