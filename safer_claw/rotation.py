@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from django.apps import apps
 from django.db import models
 
-from safer_claw.encryption import FORMAT, current_ring
+from safer_claw.accounts.adapter import MFA_CONTEXT
+from safer_claw.encryption import FORMAT, current_ring, open_sealed, seal
 from safer_claw.fields import EncryptedTextField
 
 
@@ -67,3 +68,33 @@ def rotate_column(
                 report.skipped_concurrent += 1  # saved meanwhile, so already on the newest key
         if progress:
             progress(report)
+
+
+def rotate_mfa_secrets() -> ColumnReport:
+    """Re-seal allauth's MFA secrets (TOTP secret, recovery-code seed) in its JSON data."""
+    from allauth.mfa.models import Authenticator
+
+    ring = current_ring()
+    current_prefix = f"{FORMAT}:{ring.current_id}:"
+    report = ColumnReport(label="mfa.Authenticator.data")
+    for authenticator in Authenticator.objects.order_by("pk").iterator():
+        stale = {
+            key: value
+            for key, value in authenticator.data.items()
+            if isinstance(value, str)
+            and value.startswith(f"{FORMAT}:")
+            and not value.startswith(current_prefix)
+        }
+        if not stale:
+            continue
+        data = dict(authenticator.data)
+        for key, value in stale.items():
+            data[key] = seal(
+                open_sealed(value, context=MFA_CONTEXT, ring=ring), context=MFA_CONTEXT, ring=ring
+            )
+        changed = Authenticator.objects.filter(pk=authenticator.pk, data=authenticator.data).update(
+            data=data
+        )
+        report.resealed += changed
+        report.skipped_concurrent += 1 - changed
+    return report

@@ -18,6 +18,9 @@ os.environ.setdefault("SECURE_SSL_REDIRECT", "false")
 from safer_claw.settings import *  # noqa: F403
 from safer_claw.settings import BASE_DIR, DATABASES
 
+# Tests clear the cache between tests; a per-process cache keeps that from
+# flushing the Redis database that the broker (and other runs) use.
+CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 CELERY_TASK_ALWAYS_EAGER = True
 CELERY_TASK_EAGER_PROPAGATES = True

@@ -76,7 +76,11 @@ def test_transition_records_who_when_from_to_and_why(agent, alice):
     assert agent.transition(AgentStatus.PROVISIONING, actor=alice, source="owner", reason="paid")
     event = agent.events.last()
     assert (event.from_status, event.to_status, event.actor, event.source, event.reason) == (
-        "pending_payment", "provisioning", alice, "owner", "paid",
+        "pending_payment",
+        "provisioning",
+        alice,
+        "owner",
+        "paid",
     )
     assert event.created_at is not None
     assert Agent.objects.get(pk=agent.pk).status == AgentStatus.PROVISIONING
@@ -90,7 +94,9 @@ def test_transition_to_the_current_state_is_a_no_op(agent):
 
 
 def test_forbidden_transition_raises_and_changes_nothing(agent):
-    with pytest.raises(InvalidTransition, match="agent is pending_payment; it cannot go to running"):
+    with pytest.raises(
+        InvalidTransition, match="agent is pending_payment; it cannot go to running"
+    ):
         agent.transition(AgentStatus.RUNNING)
     assert Agent.objects.get(pk=agent.pk).status == AgentStatus.PENDING_PAYMENT
     assert agent.events.count() == 1  # only "created"

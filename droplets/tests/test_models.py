@@ -14,8 +14,11 @@ from droplets.tests.pki import TestCA
 def tls():
     ca = TestCA()
     client = ca.issue_client()
-    return {"tls_ca_cert": ca.cert_pem, "tls_client_cert": client.cert_pem,
-            "tls_client_key": client.key_pem}
+    return {
+        "tls_ca_cert": ca.cert_pem,
+        "tls_client_cert": client.cert_pem,
+        "tls_client_key": client.key_pem,
+    }
 
 
 @pytest.mark.django_db
@@ -55,7 +58,9 @@ def test_register_droplet_rejects_bad_input(tls, changes, field, message):
 @pytest.mark.django_db
 def test_local_unix_droplet_needs_no_tls():
     droplet = register_droplet(
-        name="local", ip_address="127.0.0.1", max_capacity=2,
+        name="local",
+        ip_address="127.0.0.1",
+        max_capacity=2,
         docker_url="unix:///var/run/docker.sock",
     )
     assert not droplet.uses_tls
@@ -75,9 +80,15 @@ def test_admin_never_shows_the_client_key_back(admin_client, tls):
 def test_admin_edit_keeps_the_key_when_left_empty_and_replaces_it_when_given(admin_client, tls):
     droplet = register_droplet(name="d1", ip_address="203.0.113.10", max_capacity=5, **tls)
     form = {
-        "name": "d1-renamed", "ip_address": "203.0.113.10", "status": "active", "vcpus": 2,
-        "memory_mb": 2048, "max_capacity": 6, "docker_url": droplet.docker_url,
-        "tls_ca_cert": tls["tls_ca_cert"], "tls_client_cert": tls["tls_client_cert"],
+        "name": "d1-renamed",
+        "ip_address": "203.0.113.10",
+        "status": "active",
+        "vcpus": 2,
+        "memory_mb": 2048,
+        "max_capacity": 6,
+        "docker_url": droplet.docker_url,
+        "tls_ca_cert": tls["tls_ca_cert"],
+        "tls_client_cert": tls["tls_client_cert"],
         "tls_client_key": "",
     }
     response = admin_client.post(f"/admin/droplets/droplet/{droplet.pk}/change/", form)

@@ -5,9 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from allauth.account.adapter import DefaultAccountAdapter
+from allauth.mfa.adapter import DefaultMFAAdapter
 from django.db import transaction
 
 from safer_claw.accounts.tasks import send_email_message
+from safer_claw.encryption import current_ring, open_sealed, seal
+
+# allauth's default adapter stores TOTP secrets as they are; seal them instead.
+MFA_CONTEXT = "allauth.mfa"
 
 
 class AccountAdapter(DefaultAccountAdapter):
@@ -22,3 +27,11 @@ class AccountAdapter(DefaultAccountAdapter):
         }
         # After commit: the worker must find the user (and the confirmation) saved.
         transaction.on_commit(lambda: send_email_message.delay(**payload))
+
+
+class MFAAdapter(DefaultMFAAdapter):
+    def encrypt(self, text: str) -> str:
+        return seal(text.encode(), context=MFA_CONTEXT, ring=current_ring())
+
+    def decrypt(self, encrypted_text: str) -> str:
+        return open_sealed(encrypted_text, context=MFA_CONTEXT, ring=current_ring()).decode()

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from knox.views import LoginView
+from drf_spectacular.utils import extend_schema, inline_serializer
+from knox.views import LoginView, LogoutView
 from rest_framework import serializers
 from rest_framework.authentication import SessionAuthentication
 from rest_framework.request import Request
@@ -15,6 +16,7 @@ class MeApi(APIView):
         id = serializers.UUIDField()
         email = serializers.EmailField()
 
+    @extend_schema(responses=OutputSerializer)
     def get(self, request: Request) -> Response:
         return Response(self.OutputSerializer(request.user).data)
 
@@ -27,3 +29,24 @@ class TokenCreateApi(LoginView):
     """
 
     authentication_classes = [SessionAuthentication]
+
+    @extend_schema(
+        request=None,
+        responses=inline_serializer(
+            "CreatedToken",
+            {
+                "token": serializers.CharField(),
+                "expiry": serializers.DateTimeField(allow_null=True),
+            },
+        ),
+    )
+    def post(self, request: Request, format: str | None = None) -> Response:
+        return super().post(request, format=format)
+
+
+class TokenRevokeApi(LogoutView):
+    """Revoke the token this request is authenticated with."""
+
+    @extend_schema(request=None, responses={204: None})
+    def post(self, request: Request, format: str | None = None) -> Response:
+        return super().post(request, format=format)

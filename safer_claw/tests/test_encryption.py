@@ -58,8 +58,15 @@ def test_same_plaintext_seals_differently_each_time():
         (lambda s: "plaintext-api-key", "unknown format"),
         (lambda s: s.replace(":new:", ":old:"), "failed authentication"),
     ],
-    ids=["tampered", "truncated", "truncated-below-tag", "stray-char", "version", "clear",
-         "key-id-swapped"],
+    ids=[
+        "tampered",
+        "truncated",
+        "truncated-below-tag",
+        "stray-char",
+        "version",
+        "clear",
+        "key-id-swapped",
+    ],
 )
 def test_damaged_ciphertext_raises_never_returns_garbage(mangle, message):
     sealed = seal(b"sk-live-123", context="t.c.1", ring=RING)
@@ -106,7 +113,9 @@ def test_key_ring_accepts_standard_and_urlsafe_base64():
     import base64
 
     key = bytes(range(32))
-    ring = parse_key_ring(f"a:{base64.b64encode(key).decode()},b:{base64.urlsafe_b64encode(key).decode()}")
+    ring = parse_key_ring(
+        f"a:{base64.b64encode(key).decode()},b:{base64.urlsafe_b64encode(key).decode()}"
+    )
     assert [kid for kid, _ in ring.entries] == ["a", "b"]
 
 
@@ -143,7 +152,7 @@ def test_ciphertext_moved_to_another_row_does_not_open(alice):
     write_raw_column(attacker, raw_column(victim))
 
     with pytest.raises(DecryptionError, match="belongs to another row"):
-        Agent.objects.get(pk=attacker.pk).ai_api_key
+        _ = Agent.objects.get(pk=attacker.pk).ai_api_key
 
 
 @pytest.mark.django_db
@@ -151,7 +160,7 @@ def test_ciphertext_moved_to_another_column_does_not_open(alice):
     agent = AgentFactory(owner=alice, ai_api_key='"json-looking"')
     write_raw_column(agent, raw_column(agent, "ai_api_key"), column="integrations_config")
     with pytest.raises(DecryptionError):
-        Agent.objects.get(pk=agent.pk).integrations_config
+        _ = Agent.objects.get(pk=agent.pk).integrations_config
 
 
 @pytest.mark.django_db
@@ -159,12 +168,15 @@ def test_tampered_row_raises_on_read(agent):
     stored = raw_column(agent)
     write_raw_column(agent, stored[:-2] + ("AA" if not stored.endswith("AA") else "BB"))
     with pytest.raises(DecryptionError):
-        Agent.objects.get(pk=agent.pk).ai_api_key
+        _ = Agent.objects.get(pk=agent.pk).ai_api_key
 
 
 @pytest.mark.django_db
 def test_plaintext_cannot_reach_the_database_through_update(agent):
-    with pytest.raises(EncryptionError, match="plaintext reached the database"), transaction.atomic():
+    with (
+        pytest.raises(EncryptionError, match="plaintext reached the database"),
+        transaction.atomic(),
+    ):
         Agent.objects.filter(pk=agent.pk).update(ai_api_key="sk-in-clear")
     assert raw_column(agent).startswith("scv1:")
 

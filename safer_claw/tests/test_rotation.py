@@ -6,6 +6,9 @@ import io
 import os
 
 import pytest
+from allauth.mfa.adapter import get_adapter
+from allauth.mfa.models import Authenticator
+from allauth.mfa.totp.internal.auth import TOTP
 from django.core.management import call_command
 
 from agents.models import Agent
@@ -31,6 +34,7 @@ def populated_on_t1(settings, alice):
         agent.integrations_config = {"google": {"refresh_token": f"r-{agent.name}"}}
         agent.save()
     droplet = DropletFactory(tls_client_key="-----PRIVATE KEY-----\nfake")
+    TOTP.activate(alice, "JBSWY3DPEHPK3PXP")
     settings.ENCRYPTION_KEYS = f"{T2},{T1}"
     return agents, droplet
 
@@ -45,10 +49,15 @@ def test_rotation_reseals_every_column_with_the_newest_key(settings, populated_o
     assert "droplets.Droplet.tls_client_key: 1 re-encrypted" in out.getvalue()
     assert all(raw_column(a).startswith("scv1:t2:") for a in agents)
     assert raw_column(droplet, "tls_client_key").startswith("scv1:t2:")
+    assert "mfa.Authenticator.data: 1 re-encrypted" in out.getvalue()
+    assert Authenticator.objects.get().data["secret"].startswith("scv1:t2:")
 
     settings.ENCRYPTION_KEYS = T2  # the old key can now leave the ring
-    assert sorted(a.ai_api_key for a in Agent.objects.all()) == [f"sk-key-{i:02d}" for i in range(25)]
+    assert sorted(a.ai_api_key for a in Agent.objects.all()) == [
+        f"sk-key-{i:02d}" for i in range(25)
+    ]
     assert Droplet.objects.get().tls_client_key == "-----PRIVATE KEY-----\nfake"
+    assert get_adapter().decrypt(Authenticator.objects.get().data["secret"]) == "JBSWY3DPEHPK3PXP"
 
 
 def test_rotation_resumes_after_an_interruption(populated_on_t1):

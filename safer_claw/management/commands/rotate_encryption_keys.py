@@ -5,7 +5,12 @@ from __future__ import annotations
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from safer_claw.encryption import DecryptionError, current_ring
-from safer_claw.rotation import encrypted_columns, rotate_column, stale_rows
+from safer_claw.rotation import (
+    encrypted_columns,
+    rotate_column,
+    rotate_mfa_secrets,
+    stale_rows,
+)
 
 
 class Command(BaseCommand):
@@ -39,5 +44,12 @@ class Command(BaseCommand):
                 raise CommandError(f"{label}: {exc}") from exc
             total += report.resealed
             self.stdout.write(f"{label}: {report.resealed} re-encrypted")
+        if not options["dry_run"]:
+            try:
+                report = rotate_mfa_secrets()
+            except DecryptionError as exc:
+                raise CommandError(f"MFA secrets: {exc}") from exc
+            total += report.resealed
+            self.stdout.write(f"{report.label}: {report.resealed} re-encrypted")
         verb = "to re-encrypt" if options["dry_run"] else "re-encrypted"
         self.stdout.write(self.style.SUCCESS(f"Done: {total} value(s) {verb}."))
