@@ -8,6 +8,7 @@ it refuses to start unless the secrets it needs are configured.
 from __future__ import annotations
 
 import secrets
+import warnings
 from pathlib import Path
 
 import environ
@@ -246,6 +247,11 @@ STORAGES = {
     },
 }
 WHITENOISE_USE_FINDERS = DEBUG
+# WhiteNoise hands Django a file iterator, which ASGI reads in a thread: correct,
+# and said once per static file. Nothing to act on.
+warnings.filterwarnings(
+    "ignore", message="StreamingHttpResponse must consume synchronous iterators"
+)
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
