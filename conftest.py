@@ -8,6 +8,8 @@ from agents.services import create_agent
 from droplets.tests.factories import DropletFactory
 from safer_claw.accounts.tests.factories import UserFactory
 
+pytest_plugins = ["droplets.tests.fixtures"]
+
 
 @pytest.fixture(autouse=True)
 def _fresh_cache():

@@ -232,6 +232,28 @@ class Agent(models.Model):
                 setattr(self, field.attname, getattr(row, field.attname))
 
 
+class AgentToken(models.Model):
+    """The agent's credential for the gateway and agent API; only its hash is kept."""
+
+    PREFIX = "sca_"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="tokens")
+    token_hash = models.CharField(max_length=64, unique=True)
+    hint = models.CharField(
+        max_length=16, help_text="The token's first characters, to recognise it."
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.hint}… ({'revoked' if self.revoked_at else 'active'})"
+
+
 class AgentEventQuerySet(models.QuerySet):
     def update(self, **kwargs: Any) -> int:
         raise TypeError("AgentEvent is append-only")

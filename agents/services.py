@@ -4,9 +4,29 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.db import transaction
 
-from agents.models import Agent, AgentEvent, AIProvider
+from agents.models import (
+    ALLOWED_TRANSITIONS,
+    Agent,
+    AgentEvent,
+    AgentStatus,
+    AIProvider,
+    InvalidTransition,
+)
+from agents.tokens import issue_agent_token, revoke_agent_tokens
+from droplets.containers import (
+    ContainerSpec,
+    remove_container,
+    run_container,
+    start_container,
+    stop_container,
+)
+from droplets.docker_client import DropletError, DropletUnreachable
+from droplets.models import Droplet
+from droplets.placement import NoCapacity, release_slot, select_droplet_for_new_container
+from droplets.services import record_droplet_failure
 
 
 @transaction.atomic
@@ -32,4 +52,184 @@ def create_agent(
     AgentEvent.objects.create(
         agent=agent, actor=actor, source=source, to_status=agent.status, reason="created"
     )
+    return agent
+
+
+# --- Lifecycle ------------------------------------------------------------------------
+# Each service moves the agent through DESIGN.md's lifecycle with
+# Agent.transition (row lock + AgentEvent); Docker calls happen outside the lock.
+
+S = AgentStatus
+# Agents whose container (existing or being made) holds a slot on their droplet.
+HOLDS_SLOT = (S.PROVISIONING, S.RUNNING, S.STOPPED, S.PAUSED, S.KILLED)
+
+
+class DeployFailed(Exception):
+    """The agent could not be deployed; ``permanent`` says whether to retry."""
+
+    def __init__(self, message: str, *, permanent: bool) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+
+
+def container_spec_for(agent: Agent, *, droplet: Droplet, token: str) -> ContainerSpec:
+    """The container an agent runs in. Its environment holds no long-lived secret:
+    only its own revocable token and where the control plane is."""
+    return ContainerSpec(
+        name=f"saferclaw-agent-{agent.id}",
+        image=settings.RUNTIME_IMAGE,
+        environment={
+            "AGENT_TOKEN": token,
+            "CONTROL_PLANE_URL": droplet.control_plane_url or settings.CONTROL_PLANE_URL,
+        },
+        labels={"saferclaw.agent": str(agent.id), "saferclaw.owner": str(agent.owner_id)},
+        cpus=float(agent.cpu_limit),
+        memory_bytes=agent.memory_limit_bytes,
+        pids_limit=agent.pids_limit,
+        read_only_root=agent.read_only_root,
+        drop_all_capabilities=agent.drop_all_capabilities,
+    )
+
+
+def _free_slot(agent: Agent, droplet_id) -> None:
+    """Detach the agent from its droplet and give the slot back, once."""
+    released = Agent.objects.filter(pk=agent.pk, droplet_id=droplet_id).update(
+        droplet=None, container_id=""
+    )
+    if released:
+        release_slot(droplet_id)
+    agent.droplet_id, agent.container_id = None, ""
+
+
+def deploy_agent(
+    *, agent: Agent, actor: Any = None, source: str = "system", mark_failed: bool = True
+) -> Agent:
+    """Place the agent on a droplet and run its container; returns it `running`.
+
+    Idempotent: an agent already running, or being deployed by someone else,
+    is left alone. On failure the slot is given back and, with ``mark_failed``,
+    the agent ends `failed` with the reason; without it (a task that will
+    retry) it stays `provisioning`. Raises DeployFailed either way.
+    """
+    agent.refresh_from_db()
+    if agent.status == S.RUNNING:
+        return agent
+    agent.transition(S.PROVISIONING, actor=actor, source=source, reason="deploying")
+    tried: set = set()
+    while True:
+        try:
+            droplet = _reserve_and_claim(agent, exclude=tried)
+        except NoCapacity as exc:
+            return _deploy_failed(agent, str(exc), permanent=False, mark_failed=mark_failed)
+        if droplet is None:  # another deployment of this agent is under way
+            agent.refresh_from_db()
+            return agent
+        token = issue_agent_token(agent=agent)
+        try:
+            container_id = run_container(
+                droplet, container_spec_for(agent, droplet=droplet, token=token)
+            )
+        except DropletError as exc:
+            _free_slot(agent, droplet.pk)
+            if isinstance(exc, DropletUnreachable):
+                record_droplet_failure(droplet, str(exc))
+                tried.add(droplet.pk)
+                continue  # another droplet may take it
+            return _deploy_failed(agent, str(exc), permanent=exc.permanent, mark_failed=mark_failed)
+        agent.transition(
+            S.RUNNING,
+            actor=actor,
+            source=source,
+            reason=f"running on {droplet.name}",
+            container_id=container_id,
+        )
+        return agent
+
+
+def _reserve_and_claim(agent: Agent, *, exclude: set) -> Droplet | None:
+    """Take a slot and attach the agent to it in one transaction.
+
+    Only one deployment may attach the agent (the conditional update is the
+    claim); a loser's reservation rolls back with its transaction. Holding the
+    droplet row until commit also keeps reconciliation's recount from running
+    between the reservation and the claim.
+    """
+    with transaction.atomic():
+        droplet = select_droplet_for_new_container(cpus=float(agent.cpu_limit), exclude=exclude)
+        claimed = Agent.objects.filter(
+            pk=agent.pk, status=S.PROVISIONING, droplet__isnull=True
+        ).update(droplet=droplet)
+        if not claimed:
+            transaction.set_rollback(True)
+            return None
+    return droplet
+
+
+def _deploy_failed(agent: Agent, reason: str, *, permanent: bool, mark_failed: bool) -> Agent:
+    revoke_agent_tokens(agent=agent)
+    if mark_failed:
+        agent.transition(S.FAILED, source="system", reason=f"deploy failed: {reason}")
+    raise DeployFailed(reason, permanent=permanent)
+
+
+def start_agent(*, agent: Agent, actor: Any = None, source: str = "owner") -> Agent:
+    """Run a stopped, paused or killed agent again (its container if it still has one)."""
+    agent.refresh_from_db()
+    if agent.status == S.RUNNING:
+        return agent
+    if agent.status not in (S.STOPPED, S.PAUSED, S.KILLED):
+        raise InvalidTransition(agent.status, S.RUNNING)
+    # A killed agent's container holds the token the kill revoked: start afresh.
+    if agent.status == S.KILLED or not agent.container_id:
+        _discard_container(agent)
+        return deploy_agent(agent=agent, actor=actor, source=source)
+    try:
+        start_container(agent.droplet, agent.container_id)
+    except DropletError as exc:
+        if not exc.not_found:
+            raise
+        _discard_container(agent)  # removed behind our back: deploy anew
+        return deploy_agent(agent=agent, actor=actor, source=source)
+    agent.transition(S.RUNNING, actor=actor, source=source, reason="started")
+    return agent
+
+
+def _discard_container(agent: Agent) -> None:
+    if agent.container_id and agent.droplet_id:
+        remove_container(agent.droplet, agent.container_id)
+    if agent.droplet_id:
+        _free_slot(agent, agent.droplet_id)
+
+
+def stop_agent(
+    *,
+    agent: Agent,
+    actor: Any = None,
+    source: str = "owner",
+    reason: str = "stopped",
+    to: str = S.STOPPED,
+) -> Agent:
+    """Stop the agent's container (SIGTERM, then SIGKILL after the grace period).
+
+    The state changes first, so the agent counts as stopped even if the
+    droplet cannot be reached; the error is then raised and reconciliation
+    stops the container once the droplet answers.
+    """
+    agent.refresh_from_db()
+    agent.transition(to, actor=actor, source=source, reason=reason)
+    if agent.container_id and agent.droplet_id:
+        stop_container(agent.droplet, agent.container_id)
+    return agent
+
+
+def delete_agent(*, agent: Agent, actor: Any = None, source: str = "owner") -> Agent:
+    """Remove the container, free the slot, end `deleted`; the audit trail stays."""
+    agent.refresh_from_db()
+    if agent.status == S.DELETED:
+        return agent
+    if S.DELETED not in ALLOWED_TRANSITIONS[agent.status]:
+        raise InvalidTransition(agent.status, S.DELETED)
+    revoke_agent_tokens(agent=agent)
+    _discard_container(agent)
+    agent.transition(S.DELETED, actor=actor, source=source, reason="deleted")
     return agent

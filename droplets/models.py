@@ -6,6 +6,7 @@ agents, plans or users.
 
 from __future__ import annotations
 
+import ipaddress
 import uuid
 from urllib.parse import urlsplit
 
@@ -88,6 +89,19 @@ class Droplet(models.Model):
         "TLS client certificate", blank=True, validators=[validate_pem_certificate]
     )
     tls_client_key = EncryptedTextField("TLS client key")
+    agent_subnet = models.CharField(
+        max_length=43,
+        blank=True,
+        help_text="Subnet of the agents' network, as the bootstrap script's firewall expects "
+        "(e.g. 172.31.1.0/24). Empty: the engine picks one.",
+    )
+    control_plane_url = models.URLField(
+        blank=True,
+        help_text="The control plane as this droplet's containers reach it. "
+        "Empty: CONTROL_PLANE_URL.",
+    )
+    consecutive_failures = models.PositiveIntegerField(default=0)
+    last_seen_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -115,6 +129,11 @@ class Droplet(models.Model):
         return max(self.max_capacity - self.active_container_count, 0)
 
     def clean(self) -> None:
+        if self.agent_subnet:
+            try:
+                ipaddress.ip_network(self.agent_subnet)
+            except ValueError as exc:
+                raise ValidationError({"agent_subnet": "not a subnet like 172.31.1.0/24"}) from exc
         # A TCP Docker endpoint without mutual TLS would hand root on the
         # droplet to anyone who can reach the port: refuse it.
         if self.docker_url and self.uses_tls:
@@ -136,3 +155,18 @@ class Droplet(models.Model):
                 validate_pem_private_key(self.tls_client_key)
             except ValidationError as exc:
                 raise ValidationError({"tls_client_key": exc.messages}) from exc
+
+
+class DropletEvent(models.Model):
+    """Something that happened to a droplet: health changes, repaired drift."""
+
+    droplet = models.ForeignKey(Droplet, on_delete=models.CASCADE, related_name="events")
+    kind = models.CharField(max_length=32)
+    message = models.TextField()
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.droplet.name}: {self.kind}"

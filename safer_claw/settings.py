@@ -145,6 +145,7 @@ else:
         "data_folder_in": str(CELERY_BROKER_DIR),
         "data_folder_out": str(CELERY_BROKER_DIR),
         "processed_folder": str(CELERY_BROKER_DIR),
+        "control_folder": str(CELERY_BROKER_DIR / "control"),
         "store_processed": False,
     }
     CELERY_RESULT_BACKEND = None
@@ -156,7 +157,10 @@ CELERY_TASK_TIME_LIMIT = 300
 CELERY_TASK_SOFT_TIME_LIMIT = 240
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BEAT_SCHEDULE_FILENAME = str(LOCAL_DIR / "celerybeat-schedule")
-CELERY_BEAT_SCHEDULE: dict = {}
+CELERY_BEAT_SCHEDULE = {
+    "check-droplets": {"task": "droplets.tasks.check_droplets", "schedule": 30.0},
+    "reconcile-agents": {"task": "agents.tasks.reconcile_agents", "schedule": 120.0},
+}
 CELERY_TIMEZONE = "UTC"
 
 # --- Accounts --------------------------------------------------------------------
@@ -261,6 +265,23 @@ USE_TZ = True
 # --- Product -----------------------------------------------------------------------------
 CONTROL_PLANE_URL = env.str("CONTROL_PLANE_URL", default="http://127.0.0.1:8000")
 RUNTIME_IMAGE = env.str("RUNTIME_IMAGE", default="saferclaw/agent-runtime:dev")
+DIGITALOCEAN_API_TOKEN = env.str("DIGITALOCEAN_API_TOKEN", default="")
+DIGITALOCEAN_API_URL = env.str("DIGITALOCEAN_API_URL", default="https://api.digitalocean.com")
+DIGITALOCEAN_DROPLET_TAG = env.str("DIGITALOCEAN_DROPLET_TAG", default="saferclaw")
+
+# Droplets and agent containers.
+DOCKER_TIMEOUT_SECONDS = env.float("DOCKER_TIMEOUT_SECONDS", default=10)
+DOCKER_PING_TIMEOUT_SECONDS = env.float("DOCKER_PING_TIMEOUT_SECONDS", default=3)
+LOG_FOLLOW_TIMEOUT_SECONDS = env.float("LOG_FOLLOW_TIMEOUT_SECONDS", default=3600)
+DROPLET_UNREACHABLE_AFTER_FAILURES = env.int("DROPLET_UNREACHABLE_AFTER_FAILURES", default=3)
+CONTAINER_STOP_TIMEOUT_SECONDS = env.int("CONTAINER_STOP_TIMEOUT_SECONDS", default=10)
+AGENT_TMPFS_SIZE = env.str("AGENT_TMPFS_SIZE", default="64m")
+AGENT_NOFILE = env.int("AGENT_NOFILE", default=1024)
+AGENT_LOG_MAX_SIZE = env.str("AGENT_LOG_MAX_SIZE", default="10m")
+AGENT_LOG_MAX_FILE = env.int("AGENT_LOG_MAX_FILE", default=3)
+AGENT_RESTART_MAX_RETRIES = env.int("AGENT_RESTART_MAX_RETRIES", default=3)
+# Heartbeat period the runtime is told to use (seconds).
+AGENT_HEARTBEAT_SECONDS = env.int("AGENT_HEARTBEAT_SECONDS", default=30)
 
 # --- Logging -------------------------------------------------------------------------------
 LOGGING = {

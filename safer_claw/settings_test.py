@@ -33,5 +33,8 @@ STORAGES = {
 }
 EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    # A file, not :memory:, so a worker process started by a test can share it.
-    DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / ".local" / "test.sqlite3")}
+    # A file, not :memory:, so a worker process started by a test can share it;
+    # one per run, so two runs on one checkout do not write the same file.
+    DATABASES["default"]["TEST"] = {
+        "NAME": str(BASE_DIR / ".local" / f"test-{os.getpid()}.sqlite3")
+    }

@@ -1,0 +1,152 @@
+"""Keeping the database and the droplets in agreement.
+
+For each reachable droplet the containers labelled as ours are compared with
+the agents placed there, and drift is repaired:
+
+- a running agent whose container is gone, or has died for good, is marked
+  `failed` with the reason, and its slot is given back;
+- an agent that should not be running (stopped, paused, killed) but whose
+  container runs has it stopped;
+- a labelled container that no live agent owns is removed;
+- a deployment that died half-way (a slot held, no container, for too long)
+  is marked `failed`;
+- the droplet's container count is recomputed from the agents that hold a slot.
+
+Every repair writes an AgentEvent or a DropletEvent.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass, field
+
+from django.db import transaction
+from django.utils import timezone
+
+from agents.models import Agent, AgentStatus
+from agents.services import HOLDS_SLOT, _free_slot
+from agents.tokens import revoke_agent_tokens
+from droplets.containers import (
+    ContainerSummary,
+    container_state,
+    list_containers,
+    remove_container,
+    stop_container,
+)
+from droplets.docker_client import DropletError
+from droplets.models import Droplet, DropletStatus
+from droplets.services import record_droplet_event, record_droplet_failure
+
+logger = logging.getLogger(__name__)
+S = AgentStatus
+AGENT_LABEL = "saferclaw.agent"
+STALLED_DEPLOY_AFTER = dt.timedelta(minutes=10)
+
+
+@dataclass
+class Repairs:
+    failed: list[str] = field(default_factory=list)
+    stopped: list[str] = field(default_factory=list)
+    removed_orphans: list[str] = field(default_factory=list)
+    count_fixed: tuple[int, int] | None = None
+
+
+def reconcile_droplet(droplet: Droplet) -> Repairs:
+    """Repair drift on one droplet; raises DropletError if it cannot be listed."""
+    repairs = Repairs()
+    try:
+        containers = {c.id: c for c in list_containers(droplet, label=AGENT_LABEL)}
+    except DropletError as exc:
+        record_droplet_failure(droplet, str(exc))
+        raise
+    placed = list(Agent.objects.filter(droplet=droplet, status__in=HOLDS_SLOT))
+    owned = {agent.container_id for agent in placed if agent.container_id}
+
+    for agent in placed:
+        _reconcile_agent(agent, containers.get(agent.container_id), repairs)
+    for container in containers.values():
+        if container.id not in owned:
+            _remove_orphan(droplet, container, repairs)
+    _recount(droplet, repairs)
+    return repairs
+
+
+def _reconcile_agent(agent: Agent, container: ContainerSummary | None, repairs: Repairs) -> None:
+    if agent.status == S.PROVISIONING:
+        if not agent.container_id and agent.updated_at < timezone.now() - STALLED_DEPLOY_AFTER:
+            _fail(agent, "deploy did not finish (the deploying process stopped)", repairs)
+        return
+    if container is None:
+        if agent.status == S.RUNNING:
+            _fail(agent, "its container disappeared from the droplet", repairs)
+        else:
+            _free_slot(agent, agent.droplet_id)  # nothing left to start again
+        return
+    if agent.status == S.RUNNING and container.status in ("exited", "dead"):
+        reason = _why_it_died(agent.droplet, container.id)
+        remove_container(agent.droplet, container.id)
+        _fail(agent, reason, repairs)
+    elif agent.status != S.RUNNING and container.status in ("running", "restarting"):
+        stop_container(agent.droplet, container.id)
+        repairs.stopped.append(str(agent.id))
+        logger.info("reconcile: stopped the container of %s agent %s", agent.status, agent.id)
+
+
+def _why_it_died(droplet: Droplet, container_id: str) -> str:
+    state = container_state(droplet, container_id)
+    reason = f"its container stopped for good: exit code {state.exit_code}"
+    if state.oom_killed:
+        reason += ", killed for using more memory than its limit"
+    if state.restart_count:
+        reason += f", after {state.restart_count} restart(s)"
+    return reason
+
+
+def _fail(agent: Agent, reason: str, repairs: Repairs) -> None:
+    revoke_agent_tokens(agent=agent)
+    droplet_id = agent.droplet_id
+    agent.transition(S.FAILED, source="reconcile", reason=reason)
+    _free_slot(agent, droplet_id)
+    repairs.failed.append(str(agent.id))
+
+
+def _remove_orphan(droplet: Droplet, container: ContainerSummary, repairs: Repairs) -> None:
+    remove_container(droplet, container.id)
+    repairs.removed_orphans.append(container.id)
+    record_droplet_event(
+        droplet,
+        "orphan_removed",
+        f"removed container {container.name} ({container.id[:12]}), labelled for agent "
+        f"{container.labels.get(AGENT_LABEL, '?')}, which holds no slot here",
+    )
+
+
+def _recount(droplet: Droplet, repairs: Repairs) -> None:
+    # Under the droplet's row lock: placement reserves and claims a slot in one
+    # transaction holding the same lock, so no deployment is half-counted.
+    with transaction.atomic():
+        row = Droplet.objects.select_for_update().get(pk=droplet.pk)
+        actual = Agent.objects.filter(droplet=droplet, status__in=HOLDS_SLOT).count()
+        before = row.active_container_count
+        if before == actual:
+            return
+        row.active_container_count = actual
+        row.save(update_fields=["active_container_count", "updated_at"])
+    repairs.count_fixed = (before, actual)
+    record_droplet_event(
+        droplet, "count_fixed", f"container count was {before}; {actual} really hold a slot"
+    )
+
+
+def reconcile_all() -> dict[str, Repairs]:
+    """Reconcile every droplet that is not in maintenance or unreachable."""
+    results = {}
+    for droplet in Droplet.objects.exclude(
+        status__in=[DropletStatus.MAINTENANCE, DropletStatus.UNREACHABLE]
+    ):
+        try:
+            results[droplet.name] = reconcile_droplet(droplet)
+        except DropletError as exc:
+            logger.warning("reconcile: skipped droplet %s: %s", droplet.name, exc)
+    return results

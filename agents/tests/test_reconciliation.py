@@ -1,0 +1,226 @@
+"""Reconciliation repairs drift between the database and real engines."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import threading
+import uuid
+
+import pytest
+from django.db import connection
+from django.utils import timezone
+
+from agents.models import Agent, AgentStatus
+from agents.reconciliation import reconcile_droplet
+from agents.services import DeployFailed, create_agent, deploy_agent
+from agents.tasks import reconcile_agents
+from droplets.containers import ContainerSpec, container_state, run_container
+from droplets.models import Droplet
+
+pytestmark = [pytest.mark.docker]
+S = AgentStatus
+
+
+def running_agent(owner, name="helper") -> Agent:
+    agent = create_agent(owner=owner, name=name, provider_key="sk-test")
+    return deploy_agent(agent=agent)
+
+
+@pytest.mark.django_db
+def test_container_removed_behind_our_back_fails_the_agent(alice, local_droplet, engines):
+    agent = running_agent(alice)
+    engines["d1"].containers.get(agent.container_id).remove(force=True)
+
+    repairs = reconcile_droplet(local_droplet)
+
+    agent.refresh_from_db()
+    assert repairs.failed == [str(agent.id)]
+    assert agent.status == S.FAILED
+    assert "disappeared" in agent.status_reason
+    assert agent.events.last().source == "reconcile"
+    local_droplet.refresh_from_db()
+    assert local_droplet.active_container_count == 0
+    assert not agent.tokens.filter(revoked_at__isnull=True).exists()
+
+
+@pytest.mark.django_db
+def test_orphan_container_is_removed(alice, local_droplet, engines, settings):
+    orphan = run_container(
+        local_droplet,
+        ContainerSpec(
+            name="saferclaw-agent-orphan",
+            image=settings.RUNTIME_IMAGE,
+            environment={},
+            labels={"saferclaw.agent": str(uuid.uuid4()), "saferclaw.owner": "?"},
+            cpus=0.1,
+            memory_bytes=64 * 1024**2,
+            pids_limit=20,
+        ),
+    )
+    kept = running_agent(alice)
+
+    repairs = reconcile_droplet(local_droplet)
+
+    assert repairs.removed_orphans == [orphan]
+    ours = [
+        c.id for c in engines["d1"].containers.list(all=True, filters={"label": "saferclaw.agent"})
+    ]
+    assert ours == [kept.container_id]
+    assert local_droplet.events.filter(kind="orphan_removed").exists()
+
+
+@pytest.mark.django_db
+def test_wrong_count_is_recomputed(alice, local_droplet):
+    running_agent(alice)
+    Droplet.objects.filter(pk=local_droplet.pk).update(active_container_count=4)
+
+    repairs = reconcile_droplet(local_droplet)
+
+    assert repairs.count_fixed == (4, 1)
+    local_droplet.refresh_from_db()
+    assert local_droplet.active_container_count == 1
+    assert local_droplet.events.filter(kind="count_fixed").exists()
+
+
+@pytest.mark.django_db
+def test_stopped_agent_whose_container_runs_is_stopped(alice, local_droplet, engines):
+    agent = running_agent(alice)
+    agent.transition(S.STOPPED, source="owner")  # as if the Docker stop had failed
+
+    repairs = reconcile_droplet(local_droplet)
+
+    assert repairs.stopped == [str(agent.id)]
+    assert container_state(local_droplet, agent.container_id).status == "exited"
+
+
+@pytest.mark.django_db
+def test_dead_container_of_a_running_agent_fails_it_with_the_reason(alice, local_droplet, engines):
+    agent = running_agent(alice)
+    engines["d1"].containers.get(agent.container_id).stop(timeout=5)
+
+    reconcile_droplet(local_droplet)
+
+    agent.refresh_from_db()
+    assert agent.status == S.FAILED
+    # 0, or 143 when SIGTERM lands before the runtime has set its handler
+    assert re.fullmatch(r"its container stopped for good: exit code (0|143)", agent.status_reason)
+
+
+@pytest.mark.django_db
+@pytest.mark.django_db
+def test_oom_killed_agent_is_failed_with_a_reason_the_owner_understands(alice, local_droplet):
+    from droplets.tests.test_containers import MEMORY_HOG, wait_until
+
+    agent = create_agent(owner=alice, name="hog", provider_key="sk-test", memory_limit="48m")
+    agent = deploy_agent(agent=agent)
+    # Replace its container with a memory hog under the same name and labels.
+    import docker
+
+    engine = docker.DockerClient(base_url=local_droplet.docker_url)
+    engine.containers.get(agent.container_id).remove(force=True)
+    hog = run_container(
+        local_droplet,
+        ContainerSpec(
+            name=f"saferclaw-agent-{agent.id}",
+            image=agent_image(),
+            environment={},
+            labels={"saferclaw.agent": str(agent.id), "saferclaw.owner": str(alice.id)},
+            cpus=0.5,
+            memory_bytes=48 * 1024**2,
+            pids_limit=50,
+            command=["python3", "-c", MEMORY_HOG],
+            healthcheck={"Test": ["NONE"]},
+        ),
+    )
+    Agent.objects.filter(pk=agent.pk).update(container_id=hog)
+    wait_until(
+        lambda: container_state(local_droplet, hog).status == "exited",
+        timeout=60,
+        what="the hog to exhaust its restarts",
+    )
+
+    reconcile_droplet(local_droplet)
+
+    agent.refresh_from_db()
+    assert agent.status == S.FAILED
+    assert "exit code 137, killed for using more memory than its limit, after 3 restart(s)" in (
+        agent.status_reason
+    )
+
+
+def agent_image() -> str:
+    from django.conf import settings
+
+    return settings.RUNTIME_IMAGE
+
+
+@pytest.mark.django_db
+def test_stalled_deploy_is_failed_and_its_slot_freed(alice, local_droplet):
+    agent = create_agent(owner=alice, name="stalled", provider_key="sk-test")
+    agent.transition(S.PROVISIONING)
+    Droplet.objects.filter(pk=local_droplet.pk).update(active_container_count=1)
+    Agent.objects.filter(pk=agent.pk).update(
+        droplet=local_droplet, updated_at=timezone.now() - dt.timedelta(hours=1)
+    )
+
+    reconcile_droplet(local_droplet)
+
+    agent.refresh_from_db()
+    assert agent.status == S.FAILED
+    local_droplet.refresh_from_db()
+    assert local_droplet.active_container_count == 0
+
+
+@pytest.mark.django_db
+def test_healthy_state_needs_no_repair(alice, local_droplet):
+    running_agent(alice)
+    repairs = reconcile_droplet(local_droplet)
+    assert (repairs.failed, repairs.stopped, repairs.removed_orphans, repairs.count_fixed) == (
+        [],
+        [],
+        [],
+        None,
+    )
+
+
+@pytest.mark.django_db
+def test_the_beat_task_reconciles_every_droplet(alice, local_droplet, tls_droplet, engines):
+    agent = running_agent(alice)
+    engines["d1" if agent.droplet == local_droplet else "d2"].containers.get(
+        agent.container_id
+    ).remove(force=True)
+    reconcile_agents.delay()
+    agent.refresh_from_db()
+    assert agent.status == S.FAILED
+
+
+def test_twenty_concurrent_deploys_place_exactly_the_capacity(
+    transactional_db, alice, local_droplet, engines
+):
+    agents = [create_agent(owner=alice, name=f"a{i}", provider_key="sk-test") for i in range(20)]
+    barrier = threading.Barrier(20)
+    outcomes: list[str] = []
+
+    def deploy(agent):
+        try:
+            barrier.wait()
+            deploy_agent(agent=agent)
+            outcomes.append("running")
+        except DeployFailed as exc:
+            outcomes.append(str(exc))
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=deploy, args=(a,)) for a in agents]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert outcomes.count("running") == 5
+    assert all("no capacity" in o for o in outcomes if o != "running")
+    local_droplet.refresh_from_db()
+    assert local_droplet.active_container_count == 5
+    assert len(engines["d1"].containers.list(filters={"label": "saferclaw.agent"})) == 5
+    assert Agent.objects.filter(status=S.FAILED).count() == 15

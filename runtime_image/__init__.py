@@ -1,0 +1,1 @@
+"""Safer-Claw agent runtime image (a separate program; see README.md)."""
