@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -50,15 +49,24 @@ def percentile(values: list[float], q: float) -> float:
 
 def machine() -> str:
     cpu = next(
-        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-         if line.startswith("model name")),
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
         platform.processor(),
     )
     memory_kb = int(Path("/proc/meminfo").read_text().split()[1])
-    engine = subprocess.run(["docker", "version", "--format", "{{.Server.Version}}"],
-                            capture_output=True, text=True, check=False).stdout.strip()
-    return (f"{os.cpu_count()} cores ({cpu}), {memory_kb / 1024**2:.0f} GiB, "
-            f"Linux {platform.release()}, Docker engine {engine}, Python {platform.python_version()}")
+    engine = subprocess.run(
+        ["docker", "version", "--format", "{{.Server.Version}}"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    return (
+        f"{os.cpu_count()} cores ({cpu}), {memory_kb / 1024**2:.0f} GiB, "
+        f"Linux {platform.release()}, Docker engine {engine}, Python {platform.python_version()}"
+    )
 
 
 def main(count: int = 20) -> None:
@@ -79,12 +87,22 @@ def run_benchmark(env: dict[str, str], count: int) -> None:
     settings.RUNTIME_IMAGE = env["SAFERCLAW_RUNTIME_IMAGE"]
     owner = User.objects.create_user("bench@example.com", "x")
     local = Droplet.objects.create(
-        id=D1_ID, name="bench-d1", ip_address="127.0.0.1", max_capacity=count, vcpus=2,
-        docker_url=env["SAFERCLAW_D1_DOCKER_URL"], agent_subnet=D1_SUBNET,
+        id=D1_ID,
+        name="bench-d1",
+        ip_address="127.0.0.1",
+        max_capacity=count,
+        vcpus=2,
+        docker_url=env["SAFERCLAW_D1_DOCKER_URL"],
+        agent_subnet=D1_SUBNET,
     )
     tls = Droplet.objects.create(
-        id=D2_ID, name="bench-d2", ip_address="127.0.0.3", max_capacity=count, vcpus=2,
-        docker_url=env["SAFERCLAW_D2_DOCKER_URL"], agent_subnet=D2_SUBNET,
+        id=D2_ID,
+        name="bench-d2",
+        ip_address="127.0.0.3",
+        max_capacity=count,
+        vcpus=2,
+        docker_url=env["SAFERCLAW_D2_DOCKER_URL"],
+        agent_subnet=D2_SUBNET,
         tls_ca_cert=Path(env["SAFERCLAW_TLS_CA"]).read_text(),
         tls_client_cert=Path(env["SAFERCLAW_TLS_CERT"]).read_text(),
         tls_client_key=Path(env["SAFERCLAW_TLS_KEY"]).read_text(),
@@ -101,8 +119,10 @@ def run_benchmark(env: dict[str, str], count: int) -> None:
             p50, p95 = percentile(ours[step], 0.5), percentile(ours[step], 0.95)
             b50 = percentile(base[step], 0.5)
             name = f"{step} ({label})"
-            print(f"{name:34}{p50 * 1000:>10.1f}{p95 * 1000:>10.1f}{b50 * 1000:>14.1f}"
-                  f"{p50 / b50:>8.2f}")
+            print(
+                f"{name:34}{p50 * 1000:>10.1f}{p95 * 1000:>10.1f}{b50 * 1000:>14.1f}"
+                f"{p50 / b50:>8.2f}"
+            )
     print(
         "\ndeploy: agent row -> container running (placement, token, create, start, state);"
         "\nstop: state change + SIGTERM until exited;"
@@ -146,15 +166,22 @@ def measure_baseline(droplet, count: int) -> dict[str, list[float]]:
         network = ensure_agent_network(engine, droplet)
         for _ in range(count):
             spec = ContainerSpec(
-                name=f"saferclaw-bench-{uuid.uuid4().hex[:8]}", image=settings.RUNTIME_IMAGE,
+                name=f"saferclaw-bench-{uuid.uuid4().hex[:8]}",
+                image=settings.RUNTIME_IMAGE,
                 environment={"AGENT_TOKEN": "x", "CONTROL_PLANE_URL": "http://127.0.0.1:9"},
-                labels={"saferclaw.agent": "bench"}, cpus=0.5, memory_bytes=512 * 1024**2,
+                labels={"saferclaw.agent": "bench"},
+                cpus=0.5,
+                memory_bytes=512 * 1024**2,
                 pids_limit=100,
             )
             started = time.perf_counter()
             container = engine.containers.create(
-                image=spec.image, name=spec.name, environment=spec.environment,
-                labels=spec.labels, network=network, **_host_config_kwargs(spec),
+                image=spec.image,
+                name=spec.name,
+                environment=spec.environment,
+                labels=spec.labels,
+                network=network,
+                **_host_config_kwargs(spec),
             )
             container.start()
             timings["deploy"].append(time.perf_counter() - started)
