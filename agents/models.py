@@ -107,6 +107,8 @@ class Agent(models.Model):
     )
     ai_api_key = EncryptedTextField("AI provider key", editable=False)
     integrations_config = EncryptedJSONField(editable=False)
+    # The owner's own secret for the kill switch webhook (DESIGN.md).
+    kill_secret = EncryptedTextField(editable=False)
 
     # Container limits (DESIGN.md trust boundary 4).
     cpu_limit = models.DecimalField(
@@ -133,6 +135,15 @@ class Agent(models.Model):
     max_runtime_seconds = models.PositiveIntegerField(
         "max runtime per run (s)", default=600, validators=[MinValueValidator(1)]
     )
+    max_tool_calls_per_day = models.PositiveIntegerField(default=500)
+    max_requests_per_minute = models.PositiveIntegerField(
+        default=60, validators=[MinValueValidator(1)]
+    )
+    allowed_tools = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="Tool names the agent may declare or call, e.g. calendar.list_events.",
+    )
 
     # Caps and their running counters. Money is in US dollars.
     daily_token_cap = models.PositiveBigIntegerField(default=200_000)
@@ -145,6 +156,11 @@ class Agent(models.Model):
     tokens_today = models.PositiveBigIntegerField(default=0)
     tokens_day = models.DateField(null=True, blank=True, help_text="UTC day tokens_today counts.")
     cost_this_period = models.DecimalField(max_digits=14, decimal_places=6, default=Decimal("0"))
+    tool_calls_today = models.PositiveIntegerField(default=0)
+    # Worst-case spend of model calls in flight (the gateway reserves before
+    # forwarding and settles after), so concurrent calls cannot pass a cap.
+    reserved_tokens = models.PositiveBigIntegerField(default=0)
+    reserved_cost = models.DecimalField(max_digits=14, decimal_places=6, default=Decimal("0"))
     period_started_at = models.DateTimeField(null=True, blank=True)
 
     last_activity_at = models.DateTimeField(null=True, blank=True)
@@ -166,6 +182,9 @@ class Agent(models.Model):
             ),
             models.CheckConstraint(
                 condition=models.Q(cost_this_period__gte=0), name="agent_cost_not_negative"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(reserved_cost__gte=0), name="agent_reserved_cost_not_negative"
             ),
         ]
 

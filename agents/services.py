@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from typing import Any
 
 from django.conf import settings
@@ -47,6 +48,7 @@ def create_agent(
     """
     agent = Agent(owner=owner, name=name, ai_provider=provider, **limits)
     agent.ai_api_key = provider_key or None
+    agent.kill_secret = secrets.token_urlsafe(32)
     agent.full_clean()
     agent.save()
     AgentEvent.objects.create(

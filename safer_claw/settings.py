@@ -77,6 +77,7 @@ INSTALLED_APPS = [
     "agents",
     "billing",
     "integrations",
+    "gateway",
 ]
 
 MIDDLEWARE = [
