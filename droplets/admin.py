@@ -31,6 +31,8 @@ class DropletAdminForm(forms.ModelForm):
             "tls_ca_cert",
             "tls_client_cert",
             "tls_client_key",
+            "agent_subnet",
+            "control_plane_url",
         ]
 
     def __init__(self, *args, **kwargs) -> None:

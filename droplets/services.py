@@ -28,6 +28,8 @@ def register_droplet(
     vcpus: int = 1,
     memory_mb: int = 1024,
     digitalocean_id: int | None = None,
+    agent_subnet: str = "",
+    control_plane_url: str = "",
 ) -> Droplet:
     """Validate and store a droplet; raises ValidationError on bad input."""
     droplet = Droplet(
@@ -41,6 +43,8 @@ def register_droplet(
         vcpus=vcpus,
         memory_mb=memory_mb,
         digitalocean_id=digitalocean_id,
+        agent_subnet=agent_subnet,
+        control_plane_url=control_plane_url,
     )
     droplet.full_clean()
     droplet.save()

@@ -161,6 +161,7 @@ CELERY_BEAT_SCHEDULE_FILENAME = str(LOCAL_DIR / "celerybeat-schedule")
 CELERY_BEAT_SCHEDULE = {
     "check-droplets": {"task": "droplets.tasks.check_droplets", "schedule": 30.0},
     "reconcile-agents": {"task": "agents.tasks.reconcile_agents", "schedule": 120.0},
+    "sweep-gateway": {"task": "gateway.tasks.sweep", "schedule": 60.0},
 }
 CELERY_TIMEZONE = "UTC"
 
@@ -258,6 +259,7 @@ warnings.filterwarnings(
     "ignore", message="StreamingHttpResponse must consume synchronous iterators"
 )
 
+FORMS_URLFIELD_ASSUME_HTTPS = True  # Django 6's default, now
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = True
@@ -269,6 +271,27 @@ RUNTIME_IMAGE = env.str("RUNTIME_IMAGE", default="saferclaw/agent-runtime:dev")
 DIGITALOCEAN_API_TOKEN = env.str("DIGITALOCEAN_API_TOKEN", default="")
 DIGITALOCEAN_API_URL = env.str("DIGITALOCEAN_API_URL", default="https://api.digitalocean.com")
 DIGITALOCEAN_DROPLET_TAG = env.str("DIGITALOCEAN_DROPLET_TAG", default="saferclaw")
+
+# Billing. Without STRIPE_SECRET_KEY a local run (DEBUG) bills in development mode:
+# choosing a plan activates it at once, with no payment. Without the key and
+# without DEBUG, billing is off (fail closed: no free agents in production).
+STRIPE_SECRET_KEY = env.str("STRIPE_SECRET_KEY", default="")
+BILLING_DEV_MODE = not STRIPE_SECRET_KEY and env.bool("BILLING_DEV_MODE", default=DEBUG)
+STRIPE_PUBLISHABLE_KEY = env.str("STRIPE_PUBLISHABLE_KEY", default="")
+STRIPE_WEBHOOK_SECRET = env.str("STRIPE_WEBHOOK_SECRET", default="")
+STRIPE_API_BASE = env.str("STRIPE_API_BASE", default="")  # empty: Stripe's own API
+if STRIPE_SECRET_KEY and not STRIPE_SECRET_KEY.startswith(("sk_", "rk_")):
+    raise ImproperlyConfigured("STRIPE_SECRET_KEY must be a Stripe secret key (sk_… or rk_…).")
+if STRIPE_SECRET_KEY and not STRIPE_WEBHOOK_SECRET:
+    raise ImproperlyConfigured(
+        "STRIPE_WEBHOOK_SECRET is not set: with STRIPE_SECRET_KEY the app needs it to "
+        "accept Stripe's events (whsec_… from the webhook endpoint in Stripe's dashboard)."
+    )
+if STRIPE_API_BASE and not STRIPE_API_BASE.startswith(("https://", "http://")):
+    raise ImproperlyConfigured("STRIPE_API_BASE must be an http(s) URL.")
+# A failed deploy is retried with exponential backoff this many times, then marked failed.
+DEPLOY_MAX_RETRIES = env.int("DEPLOY_MAX_RETRIES", default=5)
+DEPLOY_RETRY_BACKOFF_SECONDS = env.float("DEPLOY_RETRY_BACKOFF_SECONDS", default=10)
 
 # Droplets and agent containers.
 DOCKER_TIMEOUT_SECONDS = env.float("DOCKER_TIMEOUT_SECONDS", default=10)
@@ -292,3 +315,12 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
 }
+
+# --- LLM gateway ------------------------------------------------------------------------
+OPENAI_UPSTREAM_URL = env.str("OPENAI_UPSTREAM_URL", default="https://api.openai.com/v1")
+ANTHROPIC_UPSTREAM_URL = env.str("ANTHROPIC_UPSTREAM_URL", default="https://api.anthropic.com")
+GATEWAY_MAX_BODY_BYTES = env.int("GATEWAY_MAX_BODY_BYTES", default=1024 * 1024)
+GATEWAY_UPSTREAM_TIMEOUT_SECONDS = env.float("GATEWAY_UPSTREAM_TIMEOUT_SECONDS", default=120)
+# Threads doing the gateway's database work, each with its own open connection.
+GATEWAY_DB_THREADS = env.int("GATEWAY_DB_THREADS", default=8)
+GATEWAY_RESERVATION_TIMEOUT_MINUTES = env.int("GATEWAY_RESERVATION_TIMEOUT_MINUTES", default=15)

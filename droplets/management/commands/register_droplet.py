@@ -36,6 +36,15 @@ class Command(BaseCommand):
         parser.add_argument("--vcpus", type=int, default=1)
         parser.add_argument("--memory-mb", type=int, default=1024)
         parser.add_argument("--digitalocean-id", type=int)
+        parser.add_argument(
+            "--agent-subnet", default="",
+            help="The agents' network, as the bootstrap's firewall covers it (e.g. 172.31.1.0/24).",
+        )
+        parser.add_argument(
+            "--control-plane-url", default="",
+            help="The control plane as this droplet's containers reach it (default: "
+            "CONTROL_PLANE_URL).",
+        )
 
     def handle(self, *args: object, **options: object) -> None:
         try:
@@ -50,6 +59,8 @@ class Command(BaseCommand):
                 vcpus=options["vcpus"],
                 memory_mb=options["memory_mb"],
                 digitalocean_id=options["digitalocean_id"],
+                agent_subnet=options["agent_subnet"],
+                control_plane_url=options["control_plane_url"],
             )
         except ValidationError as exc:
             raise CommandError(describe_validation_error(exc)) from exc
