@@ -65,6 +65,7 @@ class UsageRecord(models.Model):
     upstream_request_id = models.CharField(max_length=128, blank=True)
     input_tokens = models.PositiveBigIntegerField(default=0)
     cached_input_tokens = models.PositiveBigIntegerField(default=0)
+    cache_creation_input_tokens = models.PositiveBigIntegerField(default=0)
     output_tokens = models.PositiveBigIntegerField(default=0)
     tool_calls = models.PositiveIntegerField(default=0)
     reserved_tokens = models.PositiveBigIntegerField(default=0)
@@ -103,3 +104,19 @@ class AgentRun(models.Model):
 
     def __str__(self) -> str:
         return f"{self.agent_id}/{self.run_id}"
+
+
+class RateWindow(models.Model):
+    """Requests per agent per minute, when there is no Redis to count them."""
+
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="+")
+    minute = models.BigIntegerField(help_text="Unix time // 60.")
+    count = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["agent", "minute"], name="one_window_per_minute"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.agent_id}@{self.minute}: {self.count}"

@@ -1,4 +1,8 @@
-"""ASGI entry point: uvicorn serves ``safer_claw.asgi:application``."""
+"""ASGI entry point: uvicorn serves ``safer_claw.asgi:application``.
+
+The LLM gateway's paths go to its own lean ASGI app (see gateway/proxy.py for
+why); everything else goes through Django.
+"""
 
 import os
 
@@ -6,4 +10,13 @@ from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "safer_claw.settings")
 
-application = get_asgi_application()
+django_application = get_asgi_application()
+
+from gateway.proxy import application as gateway_application  # noqa: E402 - needs setup()
+
+
+async def application(scope, receive, send):
+    if scope["type"] == "http" and scope["path"].startswith("/gateway/"):
+        await gateway_application(scope, receive, send)
+    else:
+        await django_application(scope, receive, send)

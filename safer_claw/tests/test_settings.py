@@ -72,16 +72,8 @@ def test_a_local_run_generates_its_keys_once_with_a_warning(tmp_path):
     # A copy of the project's entry points in a fresh folder: no .local/ yet.
     project = tmp_path / "project"
     project.mkdir()
-    for name in (
-        "manage.py",
-        "safer_claw",
-        "agents",
-        "droplets",
-        "billing",
-        "integrations",
-        "templates",
-        "static",
-    ):
+    packages = [p.name for p in ROOT.iterdir() if (p / "__init__.py").is_file()]
+    for name in ("manage.py", "templates", "static", *packages):
         source = ROOT / name
         if source.is_dir():
             shutil.copytree(source, project / name, ignore=shutil.ignore_patterns("__pycache__"))
