@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import ipaddress
 import secrets
+import socket
 from typing import Any
+from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.db import transaction
@@ -77,13 +80,12 @@ class DeployFailed(Exception):
 def container_spec_for(agent: Agent, *, droplet: Droplet, token: str) -> ContainerSpec:
     """The container an agent runs in. Its environment holds no long-lived secret:
     only its own revocable token and where the control plane is."""
+    control_plane = droplet.control_plane_url or settings.CONTROL_PLANE_URL
     return ContainerSpec(
         name=f"saferclaw-agent-{agent.id}",
         image=settings.RUNTIME_IMAGE,
-        environment={
-            "AGENT_TOKEN": token,
-            "CONTROL_PLANE_URL": droplet.control_plane_url or settings.CONTROL_PLANE_URL,
-        },
+        environment={"AGENT_TOKEN": token, "CONTROL_PLANE_URL": control_plane},
+        extra_hosts=_pinned_host(control_plane),
         labels={"saferclaw.agent": str(agent.id), "saferclaw.owner": str(agent.owner_id)},
         cpus=float(agent.cpu_limit),
         memory_bytes=agent.memory_limit_bytes,
@@ -91,6 +93,26 @@ def container_spec_for(agent: Agent, *, droplet: Droplet, token: str) -> Contain
         read_only_root=agent.read_only_root,
         drop_all_capabilities=agent.drop_all_capabilities,
     )
+
+
+def _pinned_host(url: str) -> dict[str, str]:
+    """The control plane's name resolved here, for the container's /etc/hosts.
+
+    The droplet firewall drops agents' DNS (a channel out), so a container
+    reaches the control plane by a name only through this entry.
+    """
+    host = urlsplit(url).hostname or ""
+    try:
+        ipaddress.ip_address(host)
+        return {}  # already an address
+    except ValueError:
+        pass
+    try:
+        return {host: socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)[0][4][0]}
+    except OSError as exc:
+        raise DeployFailed(
+            f"cannot resolve the control plane's name {host!r}: {exc}", permanent=False
+        ) from exc
 
 
 def _free_slot(agent: Agent, droplet_id) -> None:
@@ -131,6 +153,9 @@ def deploy_agent(
             container_id = run_container(
                 droplet, container_spec_for(agent, droplet=droplet, token=token)
             )
+        except DeployFailed as exc:
+            _free_slot(agent, droplet.pk)
+            return _deploy_failed(agent, str(exc), permanent=exc.permanent, mark_failed=mark_failed)
         except DropletError as exc:
             _free_slot(agent, droplet.pk)
             if isinstance(exc, DropletUnreachable):

@@ -40,6 +40,8 @@ class ContainerSpec:
     drop_all_capabilities: bool = True
     user: tuple[int, int] = (10001, 10001)
     command: list[str] | None = None  # the whole argv; None: the image's entrypoint
+    # Names the container must reach without DNS (its firewall drops DNS).
+    extra_hosts: dict[str, str] = field(default_factory=dict)
     healthcheck: dict | None = None  # None: the image's HEALTHCHECK
 
 
@@ -156,6 +158,7 @@ def run_container(droplet: Droplet, spec: ContainerSpec) -> str:
             labels=spec.labels,
             network=network,
             healthcheck=spec.healthcheck,
+            extra_hosts=spec.extra_hosts or None,
             **_host_config_kwargs(spec),
         )
         try:

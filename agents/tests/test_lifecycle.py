@@ -233,3 +233,20 @@ def test_docker_inspect_shows_no_provider_key(alice, droplets):
     ).stdout
     assert "sk-live-provider-secret" not in inspect
     assert "AGENT_TOKEN=sca_" in inspect
+
+
+def test_a_named_control_plane_is_pinned_in_the_containers_hosts(alice, droplets, engines):
+    Droplet.objects.update(control_plane_url="http://localhost:18000")
+    agent = deploy_agent(agent=new_agent(alice))
+    engine = engines["d1"] if agent.droplet.name == "d1-local" else engines["d2"]
+    hosts = engine.api.inspect_container(agent.container_id)["HostConfig"]["ExtraHosts"]
+    assert hosts in (["localhost:127.0.0.1"], ["localhost:::1"])
+
+
+def test_an_unresolvable_control_plane_fails_the_deploy_and_frees_the_slot(alice, droplets):
+    Droplet.objects.update(control_plane_url="http://control-plane.invalid:8000")
+    agent = new_agent(alice)
+    with pytest.raises(DeployFailed, match="cannot resolve the control plane"):
+        deploy_agent(agent=agent)
+    assert sum(Droplet.objects.values_list("active_container_count", flat=True)) == 0
+    assert Agent.objects.get(pk=agent.pk).status == S.FAILED
