@@ -16,7 +16,7 @@ from django.utils import timezone
 from agents.models import Agent, AgentToken
 
 
-def _hash(raw: str) -> str:
+def hash_token(raw: str) -> str:
     return hashlib.sha256(raw.encode()).hexdigest()
 
 
@@ -25,7 +25,7 @@ def issue_agent_token(*, agent: Agent) -> str:
     """Revoke the agent's tokens and return a new one (the only time it is seen)."""
     revoke_agent_tokens(agent=agent)
     raw = AgentToken.PREFIX + secrets.token_urlsafe(32)
-    AgentToken.objects.create(agent=agent, token_hash=_hash(raw), hint=raw[:10])
+    AgentToken.objects.create(agent=agent, token_hash=hash_token(raw), hint=raw[:10])
     return raw
 
 
@@ -41,7 +41,7 @@ def token_agent(raw: str) -> Agent | None:
         return None
     token = (
         AgentToken.objects.select_related("agent")
-        .filter(token_hash=_hash(raw), revoked_at__isnull=True)
+        .filter(token_hash=hash_token(raw), revoked_at__isnull=True)
         .first()
     )
     return token.agent if token else None

@@ -21,11 +21,11 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import Case, F, Value, When
 from django.db.models.functions import Greatest
-from django.db.models.lookups import LessThanOrEqual
 from django.utils import timezone
 
-from agents.models import Agent, AgentStatus
-from agents.tokens import token_agent
+from agents.models import Agent, AgentStatus, AgentToken
+from agents.tokens import hash_token
+from gateway import ledger_sql
 from gateway.models import AgentRun, ModelPrice, UsageRecord, UsageStatus
 from gateway.providers import Call, Provider, Usage
 
@@ -138,7 +138,7 @@ def admit(
 def _admit(
     token: str, provider: Provider, payload: dict, raw_size: int, run_id: str
 ) -> tuple[Admission, Call]:
-    agent = token_agent(token)
+    agent = _agent_for_token(token)
     if agent is None:
         raise Refusal(401, "Invalid, unknown or revoked agent token.")
     if agent.status != AgentStatus.RUNNING:
@@ -165,6 +165,20 @@ def _admit(
             "rather than metered as free.",
         )
     return _reserve(agent, provider, call, price, run, provider_key), call
+
+
+# Table names are constants; the token's hash is a parameter.
+_TOKEN_LOOKUP = (
+    f"SELECT a.* FROM {Agent._meta.db_table} a JOIN {AgentToken._meta.db_table} t "  # noqa: S608
+    "ON t.agent_id = a.id WHERE t.token_hash = %s AND t.revoked_at IS NULL"
+)
+
+
+def _agent_for_token(raw: str) -> Agent | None:
+    """The token's agent, read fresh (a revocation counts from the next call)."""
+    if not raw.startswith(AgentToken.PREFIX) or len(raw) > 100:
+        return None
+    return next(iter(Agent.objects.raw(_TOKEN_LOOKUP, [hash_token(raw)])), None)
 
 
 def _check_tools(agent: Agent, call: Call) -> None:
@@ -202,46 +216,25 @@ def _spent_today(today: dt.date) -> Case:
 def _reserve(
     agent: Agent, provider: Provider, call: Call, price: Price, run: AgentRun | None, key: str
 ) -> Admission:
-    today = timezone.now().date()
     tokens, cost = call.worst_case_tokens, price.worst_cost(call)
-    with transaction.atomic():
-        # One statement: the database checks and adds under the row's lock, so
-        # concurrent calls see each other's reservations and none can slip past.
-        reserved = Agent.objects.filter(
-            LessThanOrEqual(
-                _spent_today(today) + F("reserved_tokens") + Value(tokens), F("daily_token_cap")
-            ),
-            LessThanOrEqual(
-                F("cost_this_period") + F("reserved_cost") + Value(cost), F("monthly_cost_cap")
-            ),
-            pk=agent.pk,
-            status=AgentStatus.RUNNING,
-        ).update(
-            tokens_today=_spent_today(today),
-            tool_calls_today=Case(
-                When(tokens_day=today, then=F("tool_calls_today")), default=Value(0)
-            ),
-            tokens_day=today,
-            reserved_tokens=F("reserved_tokens") + tokens,
-            reserved_cost=F("reserved_cost") + cost,
-        )
-        if reserved:
-            record = UsageRecord.objects.create(
-                agent_id=agent.pk,
-                provider=provider.name,
-                model=call.model,
-                streamed=call.stream,
-                reserved_tokens=tokens,
-                reserved_cost=cost,
-                run_id=run.run_id if run else "",
-            )
+    record_id = uuid.uuid4()
+    reserved = ledger_sql.reserve(
+        agent_id=agent.pk,
+        record_id=record_id,
+        provider=provider.name,
+        model=call.model,
+        streamed=call.stream,
+        tokens=tokens,
+        cost=cost,
+        run_id=run.run_id if run else "",
+        now=timezone.now(),
+    )
     if not reserved:
-        # Outside the transaction: pausing an agent at its cap must not roll back.
         raise _why_refused(agent.pk, tokens, cost)
     return Admission(
         agent_id=agent.pk,
         provider_key=key,
-        record_id=record.pk,
+        record_id=record_id,
         reserved_tokens=tokens,
         reserved_cost=cost,
         price=price,
@@ -302,74 +295,30 @@ def settle(
 def _settle(admission, usage, tool_calls, status, http_status, latency_ms, request_id) -> Decimal:
     cost = admission.price.cost(usage)
     now = timezone.now()
-    today = now.date()
-    tokens = usage.total_tokens
-    with transaction.atomic():
-        was_pending = UsageRecord.objects.filter(
-            pk=admission.record_id, status=UsageStatus.PENDING
-        ).update(
-            status=status,
-            http_status=http_status,
-            input_tokens=usage.input_tokens,
-            cached_input_tokens=usage.cached_input_tokens,
-            cache_creation_input_tokens=usage.cache_creation_input_tokens,
-            output_tokens=usage.output_tokens,
-            tool_calls=tool_calls,
-            cost=cost,
-            latency_ms=latency_ms,
-            upstream_request_id=request_id[:128],
-            settled_at=now,
-        )
-        if not was_pending:
-            # The sweeper released this reservation already: still charge the
-            # usage (spend is never lost), but release nothing twice.
-            UsageRecord.objects.filter(pk=admission.record_id).update(
-                input_tokens=usage.input_tokens,
-                output_tokens=usage.output_tokens,
-                cost=cost,
-                cached_input_tokens=usage.cached_input_tokens,
-                settled_at=now,
-            )
-        released_tokens = admission.reserved_tokens if was_pending else 0
-        released_cost = admission.reserved_cost if was_pending else Decimal(0)
-        Agent.objects.filter(pk=admission.agent_id).update(
-            reserved_tokens=Greatest(F("reserved_tokens") - released_tokens, 0),
-            reserved_cost=Greatest(F("reserved_cost") - released_cost, Decimal(0)),
-            tokens_today=Case(
-                When(tokens_day=today, then=F("tokens_today") + tokens), default=Value(tokens)
-            ),
-            tool_calls_today=Case(
-                When(tokens_day=today, then=F("tool_calls_today") + tool_calls),
-                default=Value(tool_calls),
-            ),
-            tokens_day=today,
-            cost_this_period=F("cost_this_period") + cost,
-            last_activity_at=now,
-        )
-        if admission.run_pk and tool_calls:
-            AgentRun.objects.filter(pk=admission.run_pk).update(
-                tool_calls=F("tool_calls") + tool_calls
-            )
-    if tokens or cost:
-        _pause_if_at_cap(admission.agent_id, today)
+    state = ledger_sql.settle(
+        agent_id=admission.agent_id,
+        record_id=admission.record_id,
+        reserved_tokens=admission.reserved_tokens,
+        reserved_cost=admission.reserved_cost,
+        status=status,
+        http_status=http_status,
+        usage=usage,
+        tool_calls=tool_calls,
+        cost=cost,
+        latency_ms=latency_ms,
+        request_id=request_id,
+        now=now,
+    )
+    if admission.run_pk and tool_calls:
+        AgentRun.objects.filter(pk=admission.run_pk).update(tool_calls=F("tool_calls") + tool_calls)
+    if state.status == AgentStatus.RUNNING:
+        if state.tokens_day == now.date() and state.tokens_today >= state.daily_token_cap:
+            reason = f"daily token cap of {state.daily_token_cap:,} tokens reached"
+            pause_for_cap(Agent.objects.get(pk=admission.agent_id), reason)
+        elif state.cost_this_period >= state.monthly_cost_cap:
+            reason = f"monthly cost cap of ${state.monthly_cost_cap} reached"
+            pause_for_cap(Agent.objects.get(pk=admission.agent_id), reason)
     return cost
-
-
-def _pause_if_at_cap(agent_id: uuid.UUID, today: dt.date) -> None:
-    agent = Agent.objects.only(
-        "status",
-        "tokens_today",
-        "tokens_day",
-        "daily_token_cap",
-        "cost_this_period",
-        "monthly_cost_cap",
-    ).get(pk=agent_id)
-    if agent.status != AgentStatus.RUNNING:
-        return
-    if agent.tokens_day == today and agent.tokens_today >= agent.daily_token_cap:
-        pause_for_cap(agent, f"daily token cap of {agent.daily_token_cap:,} tokens reached")
-    elif agent.cost_this_period >= agent.monthly_cost_cap:
-        pause_for_cap(agent, f"monthly cost cap of ${agent.monthly_cost_cap} reached")
 
 
 def pause_for_cap(agent: Agent, reason: str) -> None:
