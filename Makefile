@@ -1,5 +1,5 @@
 # Shorthands for ./dev (which needs nothing but Python and bash).
-.PHONY: run test lint bench-deploy
+.PHONY: run test lint bench-deploy bench-gateway
 
 run:
 	./dev run
@@ -12,3 +12,6 @@ lint:
 
 bench-deploy:
 	./dev bench deploy_latency
+
+bench-gateway:
+	./dev bench gateway_latency

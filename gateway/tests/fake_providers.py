@@ -76,13 +76,20 @@ DEFAULT_TEXT = "Hello from the fake provider: this reply is streamed one word at
 class Reply:
     """What the fake provider answers to one model call.
 
+    ``text`` is streamed one word per event; ``tool_calls`` are (name, arguments) pairs,
+    their arguments streamed in fragments. ``cached_input_tokens`` is OpenAI's
+    ``cached_tokens`` and Anthropic's ``cache_read_input_tokens``.
+
     ``status`` other than 200 answers an error in the provider's shape (``error_message``
-    or a default). ``echo_credentials`` puts the credential the fake received (the
-    ``Authorization`` or ``x-api-key`` value) into the error message, or into the text of
-    a 200 reply. Faults, counted in SSE events already sent: ``malformed_after_chunks``
-    then sends one event whose JSON is cut short and drops the connection;
-    ``disconnect_after_chunks`` drops the connection mid-body. For a non-streamed reply
-    either fault applies to the one JSON body (cut in half, or half sent).
+    or a default). ``echo_credentials`` puts the API key the fake received (bearer token
+    or ``x-api-key``) into the error message, or into the text of a 200 reply.
+
+    Timing: ``delay_before_headers_s`` waits after reading the request, before the status
+    line; ``chunk_delay_s`` waits before each event of a stream. Faults, counted in events
+    already sent: ``malformed_after_chunks`` then sends one event whose JSON is cut short
+    and drops the connection; ``disconnect_after_chunks`` drops the connection mid-body.
+    For a non-streamed reply either fault applies to its one JSON body (cut in half, or
+    half of it sent).
     """
 
     text: str = DEFAULT_TEXT
