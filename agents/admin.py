@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.contrib import admin
 
-from agents.models import Agent, AgentEvent
+from agents.models import Agent, AgentEvent, KillSwitchCall
 
 
 class AgentEventInline(admin.TabularInline):
@@ -71,6 +71,34 @@ class AgentAdmin(admin.ModelAdmin):
         return obj.ai_api_key is not None
 
     def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.register(KillSwitchCall)
+class KillSwitchCallAdmin(admin.ModelAdmin):
+    """Every kill switch call, accepted or refused; read-only."""
+
+    list_display = [
+        "received_at",
+        "agent_id_given",
+        "accepted",
+        "status_code",
+        "outcome",
+        "signed_with",
+        "action",
+        "source_ip",
+    ]
+    list_filter = ["accepted", "outcome", "signed_with"]
+    search_fields = ["agent_id_given", "source_ip"]
+    date_hierarchy = "received_at"
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
         return False
 
     def has_delete_permission(self, request, obj=None) -> bool:

@@ -43,7 +43,7 @@ class AgentStatus(models.TextChoices):
     PROVISIONING = "provisioning", "Provisioning"
     RUNNING = "running", "Running"
     STOPPED = "stopped", "Stopped"
-    PAUSED = "paused", "Paused (cap reached)"
+    PAUSED = "paused", "Paused"
     KILLED = "killed", "Killed"
     FAILED = "failed", "Failed"
     DELETED = "deleted", "Deleted"
@@ -53,12 +53,14 @@ S = AgentStatus
 # DESIGN.md's lifecycle. A killed agent leaves `killed` only by an explicit start
 # from its owner or an operator; `deleted` is final.
 ALLOWED_TRANSITIONS: dict[str, frozenset[str]] = {
-    S.PENDING_PAYMENT: frozenset({S.PROVISIONING, S.DELETED}),
+    S.PENDING_PAYMENT: frozenset({S.PROVISIONING, S.KILLED, S.DELETED}),
     S.PROVISIONING: frozenset({S.RUNNING, S.FAILED, S.PAUSED, S.KILLED, S.DELETED}),
     S.RUNNING: frozenset({S.STOPPED, S.PAUSED, S.KILLED, S.FAILED, S.DELETED}),
     S.STOPPED: frozenset({S.PROVISIONING, S.RUNNING, S.PAUSED, S.KILLED, S.DELETED}),
     S.PAUSED: frozenset({S.PROVISIONING, S.RUNNING, S.STOPPED, S.KILLED, S.DELETED}),
-    S.KILLED: frozenset({S.PROVISIONING, S.RUNNING, S.STOPPED, S.DELETED}),
+    # Not to `stopped`: its container holds the token the kill revoked, so a
+    # killed agent only runs again through a fresh deploy (start_agent).
+    S.KILLED: frozenset({S.PROVISIONING, S.RUNNING, S.DELETED}),
     S.FAILED: frozenset({S.PROVISIONING, S.KILLED, S.DELETED}),
     S.DELETED: frozenset(),
 }
@@ -316,3 +318,55 @@ class AgentEvent(models.Model):
 
     def delete(self, *args: Any, **kwargs: Any) -> tuple[int, dict[str, int]]:
         raise TypeError("AgentEvent is append-only")
+
+
+class KillSwitchCall(models.Model):
+    """One call to the kill switch webhook, accepted or refused: the audit trail.
+
+    ``agent_id_given`` is the path segment exactly as sent (truncated), so probes
+    with ids that name no agent are on record too. Nothing here is secret: no
+    signature, no body.
+    """
+
+    received_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    agent_id_given = models.CharField(max_length=64)
+    agent = models.ForeignKey(
+        Agent,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="kill_switch_calls",
+    )
+    source_ip = models.GenericIPAddressField(null=True, blank=True)
+    method = models.CharField(max_length=10)
+    accepted = models.BooleanField()
+    status_code = models.PositiveSmallIntegerField()
+    outcome = models.CharField(
+        max_length=32, help_text="The refusal's error code, or what the kill did."
+    )
+    signed_with = models.CharField(
+        max_length=8, blank=True, help_text="Which secret verified: operator or owner."
+    )
+    action = models.CharField(max_length=8, blank=True)
+
+    class Meta:
+        ordering = ["-received_at", "-id"]
+
+    def __str__(self) -> str:
+        verdict = "accepted" if self.accepted else "refused"
+        return f"{self.agent_id_given}: {verdict} ({self.outcome})"
+
+
+class UsedKillSignature(models.Model):
+    """The kill switch's replay store: a signature is accepted once.
+
+    A row may go once its signature can no longer pass the timestamp check;
+    see ``agents.kill_switch.REPLAY_WINDOW``. It lives in the database, not
+    Redis, because the kill switch must work with Redis down.
+    """
+
+    signature = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(db_index=True)
+
+    def __str__(self) -> str:
+        return f"{self.signature[:12]}… at {self.created_at:%Y-%m-%d %H:%M:%S}"

@@ -163,13 +163,22 @@ def deploy_agent(
                 tried.add(droplet.pk)
                 continue  # another droplet may take it
             return _deploy_failed(agent, str(exc), permanent=exc.permanent, mark_failed=mark_failed)
-        agent.transition(
-            S.RUNNING,
-            actor=actor,
-            source=source,
-            reason=f"running on {droplet.name}",
-            container_id=container_id,
-        )
+        try:
+            # Only from provisioning: a kill (or delete) that landed while the
+            # container was being made wins, and the container goes again.
+            agent.transition(
+                S.RUNNING,
+                actor=actor,
+                source=source,
+                reason=f"running on {droplet.name}",
+                allowed_from=frozenset({S.PROVISIONING}),
+                container_id=container_id,
+            )
+        except InvalidTransition:
+            revoke_agent_tokens(agent=agent)
+            remove_container(droplet, container_id)
+            _free_slot(agent, droplet.pk)
+            agent.refresh_from_db()
         return agent
 
 
@@ -260,3 +269,66 @@ def delete_agent(*, agent: Agent, actor: Any = None, source: str = "owner") -> A
     _discard_container(agent)
     agent.transition(S.DELETED, actor=actor, source=source, reason="deleted")
     return agent
+
+
+# --- Limits, billing periods and pauses (called by billing; agents knows no plans) ---
+
+
+def apply_agent_limits(
+    *,
+    agent: Agent,
+    limits: dict[str, Any],
+    actor: Any = None,
+    source: str = "system",
+    reason: str = "limits changed",
+) -> Agent:
+    """Set limit fields (``cpu_limit``, ``daily_token_cap``…) under a row lock.
+
+    Validated like a new agent (raises ValidationError); records an AgentEvent
+    naming what changed, or nothing when nothing does. Container limits apply
+    from the agent's next deploy.
+    """
+    with transaction.atomic():
+        row = Agent.objects.select_for_update().get(pk=agent.pk)
+        changed = {name: value for name, value in limits.items() if getattr(row, name) != value}
+        if changed:
+            for name, value in changed.items():
+                setattr(row, name, value)
+            row.full_clean()
+            row.save(update_fields=[*changed, "updated_at"])
+            described = ", ".join(f"{name}={value}" for name, value in changed.items())
+            AgentEvent.objects.create(
+                agent=row, actor=actor, source=source, reason=f"{reason}: {described}"
+            )
+    agent.refresh_from_db()
+    return agent
+
+
+def start_new_billing_period(*, agent: Agent, started_at: Any, source: str = "billing") -> bool:
+    """Start the monthly cost counter afresh for a period beginning at ``started_at``.
+
+    Ordered and idempotent: a period that does not begin after the current one
+    (a redelivered or late renewal) changes nothing. Returns whether it started one.
+    """
+    with transaction.atomic():
+        row = Agent.objects.select_for_update().get(pk=agent.pk)
+        if row.period_started_at is not None and started_at <= row.period_started_at:
+            return False
+        spent = row.cost_this_period
+        row.cost_this_period = 0
+        row.period_started_at = started_at
+        row.save(update_fields=["cost_this_period", "period_started_at", "updated_at"])
+        AgentEvent.objects.create(
+            agent=row,
+            source=source,
+            reason=f"new billing period from {started_at:%Y-%m-%d %H:%M} UTC "
+            f"(the last one cost ${spent:.2f})",
+        )
+    agent.refresh_from_db()
+    return True
+
+
+def pause_agent(*, agent: Agent, reason: str, actor: Any = None, source: str = "system") -> Agent:
+    """Pause the agent with the reason its owner sees: its container stops, its slot
+    and token stay, so starting it again is quick. Raises like :func:`stop_agent`."""
+    return stop_agent(agent=agent, actor=actor, source=source, reason=reason, to=S.PAUSED)

@@ -4,9 +4,23 @@ from __future__ import annotations
 
 from celery import shared_task
 
+from agents.kill_switch import finish_kill
 from agents.reconciliation import reconcile_all
+from droplets.docker_client import DropletError
 
 
 @shared_task(ignore_result=True)
 def reconcile_agents() -> None:
     reconcile_all()
+
+
+@shared_task(bind=True, ignore_result=True, max_retries=30)
+def retry_stop_container(self, agent_id: str, remove: bool = False) -> None:
+    """Stop (or remove) a killed agent's container that the kill could not reach."""
+    try:
+        finish_kill(agent_id=agent_id, remove=remove)
+    except DropletError as exc:
+        if exc.permanent:
+            raise
+        # 5 s, 10 s, 20 s … capped at 5 minutes: about two hours in all.
+        raise self.retry(exc=exc, countdown=min(300, 5 * 2**self.request.retries)) from exc

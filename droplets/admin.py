@@ -18,7 +18,8 @@ class DropletAdminForm(forms.ModelForm):
     )
 
     control_plane_url = forms.URLField(
-        required=False, assume_scheme="https",
+        required=False,
+        assume_scheme="https",
         help_text=Droplet._meta.get_field("control_plane_url").help_text,
     )
 

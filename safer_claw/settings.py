@@ -168,6 +168,10 @@ CELERY_BEAT_SCHEDULE = {
     "check-droplets": {"task": "droplets.tasks.check_droplets", "schedule": 30.0},
     "reconcile-agents": {"task": "agents.tasks.reconcile_agents", "schedule": 120.0},
     "sweep-gateway": {"task": "gateway.tasks.sweep", "schedule": 60.0},
+    "requeue-stalled-deploys": {
+        "task": "billing.tasks.requeue_stalled_paid_deploys",
+        "schedule": 300.0,
+    },
 }
 CELERY_TIMEZONE = "UTC"
 
@@ -218,6 +222,8 @@ REST_FRAMEWORK = {
     "DEFAULT_THROTTLE_RATES": {
         "anon": env.str("API_ANON_RATE", default="30/minute"),
         "user": env.str("API_USER_RATE", default="300/minute"),
+        # The agents API, per user (agents.apis.AgentsRateThrottle).
+        "agents": env.str("API_AGENTS_RATE", default="120/minute"),
     },
     "EXCEPTION_HANDLER": "safer_claw.api.exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
@@ -311,6 +317,21 @@ AGENT_LOG_MAX_FILE = env.int("AGENT_LOG_MAX_FILE", default=3)
 AGENT_RESTART_MAX_RETRIES = env.int("AGENT_RESTART_MAX_RETRIES", default=3)
 # Heartbeat period the runtime is told to use (seconds).
 AGENT_HEARTBEAT_SECONDS = env.int("AGENT_HEARTBEAT_SECONDS", default=30)
+
+# Kill switch (DESIGN.md). Operator secrets, comma-separated: during a rotation
+# it holds the new and the old one, and both are accepted. Each agent also has
+# its own kill secret, so the switch works with this empty.
+KILL_SWITCH_SECRET = [s for s in env.list("KILL_SWITCH_SECRET", default=[]) if s]
+if any(len(s) < 32 for s in KILL_SWITCH_SECRET):
+    raise ImproperlyConfigured(
+        "KILL_SWITCH_SECRET: each secret must be at least 32 characters "
+        "(python -c 'import secrets; print(secrets.token_urlsafe(32))')."
+    )
+# A kill call's body is tiny ({"action": "remove"}); anything bigger is refused
+# before it is read in full.
+KILL_SWITCH_MAX_BODY_BYTES = env.int("KILL_SWITCH_MAX_BODY_BYTES", default=1024)
+# SIGTERM, then SIGKILL after this many seconds (a normal stop waits longer).
+KILL_SWITCH_STOP_TIMEOUT_SECONDS = env.int("KILL_SWITCH_STOP_TIMEOUT_SECONDS", default=2)
 
 # --- Logging -------------------------------------------------------------------------------
 LOGGING = {

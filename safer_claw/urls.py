@@ -2,6 +2,9 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from agents import webhooks
+from billing.webhooks import stripe_webhook
+from gateway.apis import AgentUsageApi
 from safer_claw import views
 
 urlpatterns = [
@@ -9,7 +12,13 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("accounts/", include("allauth.urls")),
     path("dashboard/", include("agents.urls")),
+    path("billing/", include("billing.urls")),
     path("api/", include("safer_claw.accounts.urls")),
+    path("api/agents/", include("agents.api_urls")),
+    path("api/agents/<uuid:agent_id>/usage", AgentUsageApi.as_view(), name="api-agent-usage"),
+    path("webhooks/stripe", stripe_webhook, name="webhook-stripe"),
+    # Any id reaches the view, so probes with malformed ids are audited too.
+    path("webhooks/agent-kill/<str:agent_id>", webhooks.agent_kill, name="webhook-agent-kill"),
     path("agent-api/v1/", include("agents.agent_api_urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),

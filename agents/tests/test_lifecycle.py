@@ -250,3 +250,25 @@ def test_an_unresolvable_control_plane_fails_the_deploy_and_frees_the_slot(alice
         deploy_agent(agent=agent)
     assert sum(Droplet.objects.values_list("active_container_count", flat=True)) == 0
     assert Agent.objects.get(pk=agent.pk).status == S.FAILED
+
+
+def test_a_kill_during_the_deploy_wins(alice, droplets, engines, monkeypatch):
+    import agents.services as services
+
+    real_run = services.run_container
+
+    def run_then_kill(droplet, spec):
+        container_id = real_run(droplet, spec)
+        Agent.objects.get(name="helper").transition(S.KILLED, source="kill_switch")
+        return container_id
+
+    # The seam is the engine call: a kill lands between create and the state change.
+    monkeypatch.setattr(services, "run_container", run_then_kill)
+    agent = deploy_agent(agent=new_agent(alice))
+
+    assert agent.status == S.KILLED
+    assert (agent.droplet, agent.container_id) == (None, "")
+    assert not engines["d1"].containers.list(all=True, filters={"label": "saferclaw.agent"})
+    assert not engines["d2"].containers.list(all=True, filters={"label": "saferclaw.agent"})
+    assert not agent.tokens.filter(revoked_at__isnull=True).exists()
+    assert sum(Droplet.objects.values_list("active_container_count", flat=True)) == 0

@@ -135,3 +135,13 @@ def test_agent_events_are_append_only(agent):
     with pytest.raises(TypeError, match="append-only"):
         AgentEvent.objects.all().delete()
     assert AgentEvent.objects.get(pk=event.pk).reason == "created"
+
+
+def test_a_killed_agent_cannot_be_merely_stopped(agent):
+    agent.transition(AgentStatus.KILLED)
+    with pytest.raises(InvalidTransition):
+        agent.transition(AgentStatus.STOPPED)
+
+
+def test_an_unpaid_agent_can_be_killed(agent):
+    assert agent.transition(AgentStatus.KILLED)

@@ -37,11 +37,13 @@ class Command(BaseCommand):
         parser.add_argument("--memory-mb", type=int, default=1024)
         parser.add_argument("--digitalocean-id", type=int)
         parser.add_argument(
-            "--agent-subnet", default="",
+            "--agent-subnet",
+            default="",
             help="The agents' network, as the bootstrap's firewall covers it (e.g. 172.31.1.0/24).",
         )
         parser.add_argument(
-            "--control-plane-url", default="",
+            "--control-plane-url",
+            default="",
             help="The control plane as this droplet's containers reach it (default: "
             "CONTROL_PLANE_URL).",
         )

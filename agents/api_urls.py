@@ -1,0 +1,19 @@
+"""/api/agents/… (DESIGN.md's paths); /usage is gateway.apis.AgentUsageApi."""
+
+from django.urls import path
+
+from agents import apis
+
+urlpatterns = [
+    path("", apis.AgentListCreateApi.as_view(), name="api-agents"),
+    path("<uuid:agent_id>/", apis.AgentDetailApi.as_view(), name="api-agent"),
+    path("<uuid:agent_id>/status", apis.AgentStatusApi.as_view(), name="api-agent-status"),
+    path("<uuid:agent_id>/start", apis.AgentStartApi.as_view(), name="api-agent-start"),
+    path("<uuid:agent_id>/stop", apis.AgentStopApi.as_view(), name="api-agent-stop"),
+    path("<uuid:agent_id>/logs", apis.AgentLogsApi.as_view(), name="api-agent-logs"),
+    path(
+        "<uuid:agent_id>/kill-secret",
+        apis.AgentKillSecretApi.as_view(),
+        name="api-agent-kill-secret",
+    ),
+]

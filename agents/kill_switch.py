@@ -1,0 +1,456 @@
+"""The kill switch: one signed HTTP call stops an agent (DESIGN.md, trust boundary 5).
+
+``handle_kill_call`` verifies a webhook call, kills the agent and writes the
+audit row; ``kill_agent`` is the kill itself, shared with the ``kill_agent``
+command and the admin. Both need only the database and the droplet: no Redis,
+no Celery. A droplet that cannot be reached gets a Celery retry if the broker
+answers, and reconciliation (which stops the running container of any agent
+that is not `running`) if it does not.
+
+A call is ``X-SaferClaw-Timestamp: <unix seconds>`` and
+``X-SaferClaw-Signature: v1=<hex HMAC-SHA256(secret, "<timestamp>.<raw body>")>``,
+signed with an operator secret (``settings.KILL_SWITCH_SECRET``, a list during
+a rotation) or the agent's own kill secret.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import ipaddress
+import json
+import logging
+import re
+import secrets
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from agents.models import (
+    ALLOWED_TRANSITIONS,
+    Agent,
+    AgentEvent,
+    AgentStatus,
+    InvalidTransition,
+    KillSwitchCall,
+    UsedKillSignature,
+)
+from agents.services import _free_slot
+from agents.tokens import revoke_agent_tokens
+from droplets.containers import remove_container, stop_container
+from droplets.docker_client import DropletError, DropletUnreachable
+from droplets.models import DropletStatus
+from droplets.services import record_droplet_failure
+from safer_claw.api import error_body
+
+logger = logging.getLogger(__name__)
+S = AgentStatus
+
+TIMESTAMP_HEADER = "X-SaferClaw-Timestamp"
+SIGNATURE_HEADER = "X-SaferClaw-Signature"
+MAX_SKEW_SECONDS = 300
+# A signature passes the timestamp check for at most 600 s after it is first
+# seen (its timestamp may be up to 300 s ahead, and stays valid 300 s after
+# that), so its replay-store row may go once it is that old.
+REPLAY_WINDOW = dt.timedelta(seconds=2 * MAX_SKEW_SECONDS)
+BROKER_TIMEOUT_SECONDS = 2
+
+_TIMESTAMP = re.compile(r"^[0-9]{1,12}$")
+_SIGNATURE = re.compile(r"^v1=([0-9a-fA-F]{64})$")
+# An id no agent has (uuid4s never look like this): an unknown or malformed id is
+# looked up, and its "secret" decrypted, under it, so it costs what a known one does.
+_DECOY_AGENT_ID = uuid.UUID("00000000-0000-4000-8000-00000000dec0")
+
+STOP, REMOVE = "stop", "remove"
+# What happened to the container.
+STOPPED, REMOVED, NO_CONTAINER, PENDING = "stopped", "removed", "none", "pending"
+
+
+class KillRefused(Exception):
+    """A kill switch call that must change nothing; answered with ``status``."""
+
+    def __init__(self, status: int, code: str, message: str, *, agent: Agent | None = None):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.agent = agent
+
+
+@dataclass(frozen=True)
+class KillOutcome:
+    agent: Agent
+    newly_killed: bool
+    container: str  # STOPPED, REMOVED, NO_CONTAINER, or PENDING (droplet unreachable)
+
+
+@dataclass(frozen=True)
+class KillCallResult:
+    status: int
+    body: dict[str, Any]
+
+
+# --- The kill ----------------------------------------------------------------------------
+
+
+def kill_agent(
+    *,
+    agent: Agent,
+    remove: bool = False,
+    actor: Any = None,
+    source: str = "kill_switch",
+    reason: str = "killed",
+) -> KillOutcome:
+    """Revoke the agent's tokens and mark it `killed`, then stop (or remove) its container.
+
+    The first step commits before any Docker call, so the gateway refuses the
+    agent's very next call even if the droplet never answers. Then the
+    container gets a short grace period before SIGKILL; with ``remove`` it is
+    removed and the droplet slot freed. If the droplet cannot be reached the
+    kill still stands: the container step is retried by a Celery task (or, if
+    the broker is down too, by reconciliation) and the outcome is PENDING.
+    Raises InvalidTransition when the agent cannot be killed (pending payment,
+    deleted). Killing a killed agent again retries the container step.
+    """
+    with transaction.atomic():
+        revoke_agent_tokens(agent=agent)
+        newly_killed = agent.transition(S.KILLED, actor=actor, source=source, reason=reason)
+    try:
+        container = _stop_or_remove(agent, remove=remove, skip_unreachable=True)
+    except DropletError as exc:
+        if isinstance(exc, DropletUnreachable):
+            record_droplet_failure(agent.droplet, str(exc))
+        logger.warning(
+            "kill: agent %s is killed; its container is not stopped yet: %s", agent.pk, exc
+        )
+        container = PENDING
+    if container == PENDING:
+        _enqueue_container_retry(agent, remove=remove)
+    return KillOutcome(agent=agent, newly_killed=newly_killed, container=container)
+
+
+def finish_kill(*, agent_id: str, remove: bool) -> str:
+    """Stop (or remove) a killed agent's container; the retry task's service.
+
+    Does nothing once the agent has been started again. Raises DropletError.
+    """
+    agent = Agent.objects.select_related("droplet").filter(pk=agent_id).first()
+    if agent is None or agent.status != S.KILLED:
+        return NO_CONTAINER
+    return _stop_or_remove(agent, remove=remove, skip_unreachable=False)
+
+
+def kill_agents_of_owner(*, owner: Any, actor: Any, remove: bool = False) -> list[KillOutcome]:
+    """Kill every agent of ``owner`` that can be killed (the operator's big red button)."""
+    killable = [status for status, allowed in ALLOWED_TRANSITIONS.items() if S.KILLED in allowed]
+    outcomes = []
+    for agent in Agent.objects.filter(owner=owner, status__in=killable).select_related("droplet"):
+        try:
+            outcomes.append(
+                kill_agent(
+                    agent=agent,
+                    remove=remove,
+                    actor=actor,
+                    source="operator",
+                    reason="killed by an operator (all agents of this user)",
+                )
+            )
+        except InvalidTransition:
+            continue  # deleted (or killed) meanwhile: nothing left to kill
+    return outcomes
+
+
+def _stop_or_remove(agent: Agent, *, remove: bool, skip_unreachable: bool) -> str:
+    if not agent.droplet_id:
+        return NO_CONTAINER
+    droplet = agent.droplet
+    if skip_unreachable and droplet.status == DropletStatus.UNREACHABLE:
+        # Known down: answer now rather than after a connection timeout.
+        return PENDING
+    try:
+        if remove:
+            if agent.container_id:
+                remove_container(droplet, agent.container_id)
+            _free_slot(agent, droplet.pk)
+            return REMOVED
+        if not agent.container_id:
+            return NO_CONTAINER
+        stop_container(
+            droplet, agent.container_id, timeout=settings.KILL_SWITCH_STOP_TIMEOUT_SECONDS
+        )
+    except DropletError as exc:
+        if not exc.not_found:
+            raise
+        return NO_CONTAINER  # removed behind our back: nothing left to stop
+    return STOPPED
+
+
+def _enqueue_container_retry(agent: Agent, *, remove: bool) -> bool:
+    """Queue ``retry_stop_container``, never letting a dead broker hold up the kill."""
+    from agents.tasks import retry_stop_container  # the task module imports this one
+
+    app = retry_stop_container.app
+    if app.conf.task_always_eager:
+        # Eager mode would run every retry inline, before the kill answers.
+        logger.warning("kill: no broker (eager mode); reconciliation will stop %s", agent.pk)
+        return False
+    try:
+        with app.connection_for_write() as connection:
+            connection.ensure_connection(
+                max_retries=1, interval_start=0, interval_step=0, timeout=BROKER_TIMEOUT_SECONDS
+            )
+            retry_stop_container.apply_async(
+                (str(agent.pk), remove), connection=connection, retry=False
+            )
+    except Exception as exc:  # any broker failure: the kill has happened regardless
+        logger.warning(
+            "kill: could not queue the container retry for %s (%s); "
+            "reconciliation will stop it when the droplet answers",
+            agent.pk,
+            exc,
+        )
+        return False
+    return True
+
+
+# --- The owner's kill secret ---------------------------------------------------------------
+
+
+def rotate_kill_secret(*, agent: Agent, actor: Any) -> str:
+    """Give the agent a new kill secret and return it (the only time it is shown)."""
+    secret = secrets.token_urlsafe(32)
+    with transaction.atomic():
+        row = Agent.objects.select_for_update().get(pk=agent.pk)
+        row.kill_secret = secret
+        row.save(update_fields=["kill_secret", "updated_at"])
+        AgentEvent.objects.create(
+            agent=row, actor=actor, source="owner", reason="kill secret rotated"
+        )
+    agent.kill_secret = secret
+    return secret
+
+
+# --- The webhook call ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Verified:
+    agent: Agent
+    signed_with: str  # "operator" or "owner"
+    action: str
+
+
+def handle_kill_call(
+    *,
+    agent_id: str,
+    method: str,
+    headers: Mapping[str, str],
+    body: bytes,
+    source_ip: str | None,
+) -> KillCallResult:
+    """Verify a kill switch call, kill the agent if it is genuine, and audit it.
+
+    ``body`` is at most ``KILL_SWITCH_MAX_BODY_BYTES + 1`` bytes (the caller
+    stops reading there). A refused call changes nothing but its audit row.
+    """
+    verified: _Verified | None = None
+    ip = _valid_ip(source_ip)
+    try:
+        verified = _verify(agent_id=agent_id, method=method, headers=headers, body=body)
+        outcome = kill_agent(
+            agent=verified.agent,
+            remove=verified.action == REMOVE,
+            actor=verified.agent.owner if verified.signed_with == "owner" else None,
+            source="kill_switch",
+            reason=f"kill switch ({verified.signed_with} secret) from {ip or '?'}",
+        )
+    except KillRefused as refused:
+        _audit(agent_id, method, ip, refused.status, refused.code, agent=refused.agent)
+        return KillCallResult(refused.status, error_body(refused.code, refused.message))
+    except InvalidTransition as exc:
+        agent = verified.agent if verified else None
+        _audit(agent_id, method, ip, 409, "invalid_state", agent=agent)
+        return KillCallResult(409, error_body("invalid_state", str(exc)))
+    status = 202 if outcome.container == PENDING else 200
+    _audit(
+        agent_id,
+        method,
+        ip,
+        status,
+        "killed" if outcome.newly_killed else "already_killed",
+        agent=verified.agent,
+        signed_with=verified.signed_with,
+        action=verified.action,
+        accepted=True,
+    )
+    return KillCallResult(
+        status,
+        {
+            "agent": str(outcome.agent.pk),
+            "status": outcome.agent.status,
+            "token_revoked": True,
+            "container": outcome.container,
+            "already_killed": not outcome.newly_killed,
+        },
+    )
+
+
+def _verify(*, agent_id: str, method: str, headers: Mapping[str, str], body: bytes) -> _Verified:
+    if method != "POST":
+        raise KillRefused(405, "method_not_allowed", "The kill switch takes POST only.")
+    if len(body) > settings.KILL_SWITCH_MAX_BODY_BYTES:
+        raise KillRefused(413, "body_too_large", "The body is too large for a kill call.")
+    timestamp, signature = _parse_headers(headers)
+    if abs(time.time() - int(timestamp)) > MAX_SKEW_SECONDS:
+        raise KillRefused(
+            401, "stale_timestamp", f"The timestamp is more than {MAX_SKEW_SECONDS} s off."
+        )
+    agent, signed_with = _authenticate(agent_id, timestamp, body, signature)
+    action = _parse_action(body, agent)
+    _remember(signature, agent)
+    return _Verified(agent=agent, signed_with=signed_with, action=action)
+
+
+def _parse_headers(headers: Mapping[str, str]) -> tuple[str, str]:
+    timestamp = headers.get(TIMESTAMP_HEADER)
+    signature = headers.get(SIGNATURE_HEADER)
+    if not timestamp or not signature:
+        raise KillRefused(
+            401,
+            "missing_signature",
+            f"Both {TIMESTAMP_HEADER} and {SIGNATURE_HEADER} are required.",
+        )
+    match = _SIGNATURE.match(signature.strip())
+    if not _TIMESTAMP.match(timestamp.strip()) or not match:
+        raise KillRefused(
+            401,
+            "malformed_signature",
+            f"{TIMESTAMP_HEADER} must be unix seconds and {SIGNATURE_HEADER} v1=<64 hex digits>.",
+        )
+    return timestamp.strip(), match.group(1).lower()
+
+
+def _authenticate(agent_id: str, timestamp: str, body: bytes, signature: str) -> tuple[Agent, str]:
+    """The agent and which secret signed; an unknown agent is a bad signature.
+
+    Every call does the same work, so neither the answer nor its timing tells
+    whether the agent exists: one lookup, one decryption, one HMAC per
+    operator secret plus one for the agent's secret, every comparison made.
+    """
+    agent = _find_agent(agent_id)
+    owner_secret = _owner_secret(agent)
+    message = timestamp.encode() + b"." + body
+    operator_ok = False
+    for secret in settings.KILL_SWITCH_SECRET:
+        operator_ok |= hmac.compare_digest(_sign(secret, message), signature)
+    owner_ok = hmac.compare_digest(_sign(owner_secret, message), signature)
+    if agent is None or not (operator_ok or owner_ok):
+        raise KillRefused(401, "invalid_signature", "The signature does not match.", agent=agent)
+    return agent, "operator" if operator_ok else "owner"
+
+
+def _find_agent(agent_id: str) -> Agent | None:
+    try:
+        pk = uuid.UUID(agent_id)
+    except ValueError:
+        pk = _DECOY_AGENT_ID  # still run the query
+    return Agent.objects.select_related("droplet", "owner").filter(pk=pk).first()
+
+
+def _owner_secret(agent: Agent | None) -> str:
+    if agent is not None and agent.kill_secret:
+        return agent.kill_secret
+    # Seal and open a random secret, as a real agent's is opened; it matches nothing.
+    decoy = Agent(id=_DECOY_AGENT_ID)
+    field = Agent._meta.get_field("kill_secret")
+    return field.open(decoy, field.seal_for(decoy, secrets.token_urlsafe(32)))
+
+
+def _sign(secret: str, message: bytes) -> str:
+    return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
+
+
+def _parse_action(body: bytes, agent: Agent) -> str:
+    """The action from an (optional) JSON body ``{"action": "stop"|"remove"}``.
+
+    A body may also name ``agent_id``: it must then be this agent, which binds
+    a signature to one agent (the signed text itself does not name it).
+    """
+    if not body.strip():
+        return STOP
+    try:
+        data = json.loads(body)
+    except ValueError:
+        data = None
+    if not isinstance(data, dict):
+        raise KillRefused(400, "invalid_body", "The body must be a JSON object.", agent=agent)
+    action = data.get("action", STOP)
+    if action not in (STOP, REMOVE):
+        raise KillRefused(400, "invalid_action", 'action must be "stop" or "remove".', agent=agent)
+    named = data.get("agent_id")
+    if named is not None and str(named).strip().lower() != str(agent.pk):
+        raise KillRefused(400, "agent_mismatch", "The body names another agent.", agent=agent)
+    return action
+
+
+def _remember(signature: str, agent: Agent) -> None:
+    """Record the signature; refuse one seen before (the replay store)."""
+    now = timezone.now()
+    UsedKillSignature.objects.filter(created_at__lt=now - REPLAY_WINDOW).delete()
+    try:
+        with transaction.atomic():
+            UsedKillSignature.objects.create(signature=signature, created_at=now)
+    except IntegrityError:
+        raise KillRefused(
+            409, "replayed_signature", "This signature has been used already.", agent=agent
+        ) from None
+
+
+def _audit(
+    agent_id: str,
+    method: str,
+    ip: str | None,
+    status: int,
+    outcome: str,
+    *,
+    agent: Agent | None = None,
+    signed_with: str = "",
+    action: str = "",
+    accepted: bool = False,
+) -> None:
+    KillSwitchCall.objects.create(
+        agent_id_given=agent_id[:64],
+        agent=agent,
+        source_ip=ip,
+        method=method[:10],
+        accepted=accepted,
+        status_code=status,
+        outcome=outcome,
+        signed_with=signed_with,
+        action=action,
+    )
+    logger.log(
+        logging.WARNING if accepted else logging.INFO,
+        "kill switch: %s %s agent=%r ip=%s outcome=%s signed_with=%s action=%s",
+        "accepted" if accepted else "refused",
+        status,
+        agent_id[:64],
+        ip,
+        outcome,
+        signed_with or "-",
+        action or "-",
+    )
+
+
+def _valid_ip(value: str | None) -> str | None:
+    try:
+        return str(ipaddress.ip_address(value or ""))
+    except ValueError:
+        return None

@@ -1,0 +1,462 @@
+"""Billing writes: checkout, the customer portal, plan limits, and what happens to
+an agent when its subscription starts, lapses or ends.
+
+Stripe is reached only through :mod:`billing.stripe_client`; Docker only
+through the agents services, from Celery tasks enqueued after commit.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import logging
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.exceptions import ValidationError
+from django.core.mail import mail_admins, send_mail
+from django.db import transaction
+from django.db.models import QuerySet
+from django.urls import reverse
+from django.utils import timezone
+
+from agents.models import Agent, AgentStatus, InvalidTransition
+from agents.services import apply_agent_limits, create_agent
+from agents.tokens import revoke_agent_tokens
+from billing import stripe_client
+from billing.models import HOLDS_PLACE, Customer, Plan, Subscription, SubscriptionStatus
+from billing.stripe_client import StripeFailed
+
+logger = logging.getLogger(__name__)
+S = AgentStatus
+MAX_RETRY_DELAY_SECONDS = 600
+STALLED_DEPLOY_MARGIN_SECONDS = 600
+
+
+class BillingMode(enum.StrEnum):
+    STRIPE = "stripe"
+    DEVELOPMENT = "development"  # no Stripe keys: plans are activated without payment
+    OFF = "off"  # no keys outside a local run: nobody can start an agent
+
+
+class BillingError(Exception):
+    """A billing action cannot be done; the message is for the person who asked."""
+
+
+def billing_mode() -> BillingMode:
+    if settings.STRIPE_SECRET_KEY:
+        return BillingMode.STRIPE
+    if settings.BILLING_DEV_MODE:
+        return BillingMode.DEVELOPMENT
+    return BillingMode.OFF
+
+
+def offered_plans() -> QuerySet[Plan]:
+    """Plans a user may choose now (with Stripe, only those with a price)."""
+    plans = Plan.objects.filter(is_active=True)
+    if billing_mode() == BillingMode.STRIPE:
+        plans = plans.exclude(stripe_price_id="")
+    return plans
+
+
+def places_left(*, owner: Any, plan: Plan) -> int:
+    """How many more agents ``owner`` may start on ``plan`` (unpaid checkouts count)."""
+    held = Subscription.objects.filter(owner=owner, plan=plan, status__in=HOLDS_PLACE).count()
+    return max(plan.max_agents - held, 0)
+
+
+# --- Checkout ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CheckoutStarted:
+    agent: Agent
+    redirect_url: str  # Stripe's checkout page; in development mode, the agent's page
+
+
+def start_checkout(
+    *,
+    owner: Any,
+    plan: Plan,
+    name: str,
+    provider: str,
+    provider_key: str | None,
+    absolute_url: Callable[[str], str],
+) -> CheckoutStarted:
+    """Create the agent, awaiting payment, and the checkout that pays for it.
+
+    With Stripe the owner is then sent to a hosted Checkout Session
+    (subscription mode, their Stripe customer reused); the agent is deployed
+    when Stripe reports the payment. In development mode the plan is active at
+    once and the deploy queued. Raises ValidationError (a bad name, say) or
+    BillingError (plan not offered, no place left, Stripe unavailable).
+    """
+    mode = billing_mode()
+    if mode == BillingMode.OFF:
+        raise BillingError(
+            "Billing is not set up on this server, so no agent can be started yet. "
+            "Please tell the operator."
+        )
+    subscription = _create_subscribed_agent(
+        owner=owner,
+        plan=plan,
+        name=name,
+        provider=provider,
+        provider_key=provider_key,
+        dev_mode=mode == BillingMode.DEVELOPMENT,
+    )
+    agent_url = absolute_url(reverse("billing:agent", args=[subscription.agent_id]))
+    if mode == BillingMode.DEVELOPMENT:
+        return CheckoutStarted(agent=subscription.agent, redirect_url=agent_url)
+    try:
+        session = _open_checkout(subscription, agent_url=agent_url, absolute_url=absolute_url)
+    except StripeFailed as exc:
+        logger.warning("checkout for agent %s not started: %s", subscription.agent_id, exc)
+        end_subscription(
+            subscription, source="billing", reason=f"checkout could not be started: {exc}"
+        )
+        raise BillingError(
+            "Stripe could not open the checkout, and nothing was charged. "
+            "Please try again in a moment."
+        ) from exc
+    return CheckoutStarted(agent=subscription.agent, redirect_url=session.url)
+
+
+@transaction.atomic
+def _create_subscribed_agent(
+    *,
+    owner: Any,
+    plan: Plan,
+    name: str,
+    provider: str,
+    provider_key: str | None,
+    dev_mode: bool,
+) -> Subscription:
+    # The owner's row lock serialises their checkouts: two started at once
+    # cannot both take the last place on a plan.
+    get_user_model().objects.select_for_update().get(pk=owner.pk)
+    if not offered_plans().filter(pk=plan.pk).exists():
+        raise BillingError(f"The {plan.name} plan is not offered any more.")
+    if places_left(owner=owner, plan=plan) < 1:
+        raise BillingError(
+            f"Your {plan.name} plan allows {plan.max_agents} agent(s), and you have them all. "
+            "Delete one, or choose another plan."
+        )
+    agent = create_agent(
+        owner=owner,
+        name=name,
+        provider=provider,
+        provider_key=provider_key,
+        actor=owner,
+        source="owner",
+        **plan.agent_limits(),
+    )
+    subscription = Subscription.objects.create(
+        agent=agent, owner=owner, plan=plan, dev_mode=dev_mode
+    )
+    if dev_mode:
+        activate_subscription(
+            subscription,
+            source="billing",
+            reason="development mode: plan activated without payment",
+        )
+    return subscription
+
+
+def _open_checkout(
+    subscription: Subscription, *, agent_url: str, absolute_url: Callable[[str], str]
+) -> stripe_client.CheckoutSession:
+    customer_id = ensure_customer(subscription.owner)
+    session = stripe_client.create_checkout_session(
+        customer_id=customer_id,
+        price_id=subscription.plan.stripe_price_id,
+        agent_id=str(subscription.agent_id),
+        plan_name=subscription.plan.name,
+        success_url=f"{agent_url}?session_id={{CHECKOUT_SESSION_ID}}",
+        cancel_url=absolute_url(reverse("billing:checkout-canceled", args=[subscription.agent_id])),
+        idempotency_key=f"saferclaw-checkout-{subscription.pk}",
+    )
+    Subscription.objects.filter(pk=subscription.pk).update(
+        stripe_customer_id=customer_id,
+        stripe_checkout_session_id=session.id,
+        checkout_url=session.url,
+        updated_at=timezone.now(),
+    )
+    return session
+
+
+def ensure_customer(user: Any) -> str:
+    """The user's Stripe customer id, made at Stripe the first time."""
+    existing = Customer.objects.filter(user=user).first()
+    if existing:
+        return existing.stripe_customer_id
+    customer_id = stripe_client.create_customer(email=user.email, user_id=str(user.pk))
+    # Two first checkouts at once get the same id from Stripe (idempotency key),
+    # and the unique user column keeps one row.
+    row, _ = Customer.objects.get_or_create(user=user, defaults={"stripe_customer_id": customer_id})
+    return row.stripe_customer_id
+
+
+def activate_subscription(
+    subscription: Subscription,
+    *,
+    source: str,
+    reason: str,
+    stripe_subscription_id: str = "",
+    stripe_customer_id: str = "",
+) -> bool:
+    """Mark the subscription paid and queue its agent's deploy (after commit).
+
+    Call inside a transaction. Returns False, changing nothing, when it is not
+    awaiting payment any more.
+    """
+    if subscription.status != SubscriptionStatus.PENDING:
+        return False
+    subscription.status = SubscriptionStatus.ACTIVE
+    subscription.stripe_subscription_id = stripe_subscription_id
+    subscription.stripe_customer_id = stripe_customer_id or subscription.stripe_customer_id
+    subscription.save()
+    agent = subscription.agent
+    agent.transition(
+        S.PROVISIONING,
+        source=source,
+        reason=reason,
+        allowed_from=frozenset({S.PENDING_PAYMENT}),
+    )
+    enqueue_deploy(agent)
+    return True
+
+
+def enqueue_deploy(agent: Agent) -> None:
+    from billing.tasks import deploy_paid_agent  # the tasks module imports this one
+
+    after_commit(deploy_paid_agent, str(agent.pk))
+
+
+def after_commit(task: Any, *args: str) -> None:
+    """Queue a Celery task once the current transaction commits.
+
+    If the broker cannot take it, that is logged rather than raised: the
+    committed change stands, and the agent's state shows what is left to do.
+    """
+
+    def enqueue() -> None:
+        task.delay(*args)
+
+    enqueue.__qualname__ = f"enqueue {task.name}{args}"  # what Django logs on failure
+    transaction.on_commit(enqueue, robust=True)
+
+
+# --- Cancelling ---------------------------------------------------------------------------
+
+
+def end_subscription(
+    subscription: Subscription, *, source: str, reason: str, actor: Any = None
+) -> bool:
+    """End what pays for the agent: its token is revoked now (the gateway refuses
+    its next call) and it is torn down. Returns False if it had ended already."""
+    from billing.tasks import tear_down_agent
+
+    with transaction.atomic():
+        subscription = Subscription.objects.select_for_update().get(pk=subscription.pk)
+        if subscription.status == SubscriptionStatus.CANCELED:
+            return False
+        subscription.status = SubscriptionStatus.CANCELED
+        subscription.canceled_at = timezone.now()
+        subscription.save()
+        agent = subscription.agent
+        revoke_agent_tokens(agent=agent)
+        if agent.status == S.PENDING_PAYMENT:  # never deployed: nothing to tear down
+            agent.transition(S.DELETED, actor=actor, source=source, reason=reason)
+        elif agent.status != S.DELETED:
+            after_commit(tear_down_agent, str(agent.pk))
+    return True
+
+
+def stop_billing(subscription: Subscription) -> None:
+    """The agent is gone (deleted through the API, say): stop charging for it.
+
+    Its Stripe subscription is canceled, or its open checkout closed. Raises
+    StripeFailed when Stripe cannot be reached (the caller retries).
+    """
+    charged = subscription.status != SubscriptionStatus.CANCELED and not subscription.dev_mode
+    if charged and subscription.stripe_subscription_id:
+        stripe_client.cancel_subscription(subscription.stripe_subscription_id)
+    elif charged and subscription.stripe_checkout_session_id:
+        try:
+            stripe_client.expire_checkout_session(subscription.stripe_checkout_session_id)
+        except StripeFailed as exc:
+            if not exc.permanent:  # permanent: not open any more, nothing to close
+                raise
+    Subscription.objects.filter(pk=subscription.pk, status__in=HOLDS_PLACE).update(
+        status=SubscriptionStatus.CANCELED, canceled_at=timezone.now(), updated_at=timezone.now()
+    )
+
+
+def discard_unpaid_agent(*, agent: Agent, actor: Any) -> None:
+    """The owner gives up on an agent they have not paid for: its checkout is
+    closed at Stripe (so it cannot be paid later) and the agent deleted."""
+    subscription = _subscription_of(agent)
+    if subscription.status != SubscriptionStatus.PENDING:
+        raise BillingError("This agent is paid for: cancel it from Manage billing instead.")
+    if subscription.stripe_checkout_session_id and billing_mode() == BillingMode.STRIPE:
+        try:
+            stripe_client.expire_checkout_session(subscription.stripe_checkout_session_id)
+        except StripeFailed as exc:
+            raise BillingError(
+                "Stripe would not close this checkout (it may have just been paid). "
+                "Reload this page in a moment."
+            ) from exc
+    end_subscription(subscription, source="owner", actor=actor, reason="checkout abandoned")
+
+
+def cancel_in_development_mode(*, agent: Agent, actor: Any) -> None:
+    """What the customer portal's cancel does, for subscriptions that skipped Stripe."""
+    subscription = _subscription_of(agent)
+    if not subscription.dev_mode:
+        raise BillingError("This subscription is with Stripe: cancel it from Manage billing.")
+    end_subscription(subscription, source="owner", actor=actor, reason="canceled by its owner")
+
+
+def _subscription_of(agent: Agent) -> Subscription:
+    subscription = Subscription.objects.filter(agent=agent).first()
+    if subscription is None:
+        raise BillingError("This agent has no subscription.")
+    return subscription
+
+
+def portal_url(*, user: Any, return_url: str) -> str:
+    """Where the user manages payment details, invoices and cancellation at Stripe."""
+    customer = Customer.objects.filter(user=user).first()
+    if customer is None:
+        raise BillingError("You have no billing account yet: it is made at your first checkout.")
+    try:
+        return stripe_client.create_portal_session(
+            customer_id=customer.stripe_customer_id, return_url=return_url
+        )
+    except StripeFailed as exc:
+        raise BillingError("Stripe's billing page is not available; try again shortly.") from exc
+
+
+# --- Limits -------------------------------------------------------------------------------
+
+
+def change_agent_limits(*, agent: Agent, actor: Any, limits: dict[str, Any]) -> Agent:
+    """The owner sets their own limits for an agent, never above its plan's.
+
+    Raises ValidationError naming each limit that asks for more than the plan grants.
+    """
+    plan = _subscription_of(agent).plan
+    above = plan.limits_above_plan(limits)
+    if above:
+        raise ValidationError(
+            {name: f"Your {plan.name} plan allows at most {getattr(plan, name)}." for name in above}
+        )
+    return apply_agent_limits(
+        agent=agent, limits=limits, actor=actor, source="owner", reason="owner changed limits"
+    )
+
+
+# --- Deploys ------------------------------------------------------------------------------
+
+
+def deploy_retry_delay(retries: int) -> float:
+    """Seconds before deploy attempt ``retries + 2``: exponential, capped, with jitter
+    so agents that failed together do not all come back at once."""
+    delay = _backoff(retries)
+    return delay + secrets.SystemRandom().uniform(0, delay / 10)
+
+
+def _backoff(retries: int) -> float:
+    return min(settings.DEPLOY_RETRY_BACKOFF_SECONDS * 2**retries, MAX_RETRY_DELAY_SECONDS)
+
+
+def report_deploy_failure(*, agent: Agent, reason: str) -> None:
+    """A deploy has failed for good: the agent ends `failed` with the reason (its
+    slot was given back by the deploy), its owner is emailed, operators alerted."""
+    try:
+        agent.transition(
+            S.FAILED,
+            source="system",
+            reason=f"deploy failed: {reason}",
+            allowed_from=frozenset({S.PROVISIONING}),
+        )
+    except InvalidTransition:
+        logger.info("deploy of agent %s failed, but it is %s now", agent.pk, agent.status)
+        return
+    logger.error("deploy of agent %s failed for good: %s", agent.pk, agent.status_reason)
+    send_mail(
+        subject=f"Your agent {agent.name} could not be started",
+        message=(
+            f"We could not start your agent {agent.name}.\n\n"
+            f"Reason: {agent.status_reason}\n\n"
+            "Our operators have been alerted and will start it again; your dashboard "
+            "shows its state.\n"
+        ),
+        from_email=None,
+        recipient_list=[agent.owner.email],
+    )
+    mail_admins(
+        subject=f"Deploy failed: agent {agent.pk}",
+        message=f"{agent.name} of {agent.owner.email}: {agent.status_reason}\n"
+        "Retry it from admin (Billing > Failed agents) or `manage.py deploy_agent`.",
+    )
+
+
+def requeue_stalled_deploys() -> int:
+    """Queue again the deploys of paid agents stuck in `provisioning` with no droplet
+    for longer than every retry takes (a broker that lost the task, a worker that
+    died with it). Returns how many it queued."""
+    retrying = sum(_backoff(n) * 1.1 for n in range(settings.DEPLOY_MAX_RETRIES))
+    longest = retrying + STALLED_DEPLOY_MARGIN_SECONDS
+    stalled = Agent.objects.filter(
+        status=S.PROVISIONING,
+        droplet__isnull=True,
+        updated_at__lt=timezone.now() - dt.timedelta(seconds=longest),
+        subscription__status=SubscriptionStatus.ACTIVE,
+    )
+    for agent in stalled:
+        logger.warning(
+            "deploy of agent %s stalled since %s: queued again", agent.pk, agent.updated_at
+        )
+        enqueue_deploy(agent)
+    return len(stalled)
+
+
+def retry_deploy(*, agent: Agent, actor: Any) -> None:
+    """An operator deploys a failed agent again, in the background.
+
+    Raises BillingError when its subscription does not pay for it any more.
+    """
+    subscription = Subscription.objects.filter(agent=agent).first()
+    if subscription and subscription.status != SubscriptionStatus.ACTIVE:
+        status = subscription.get_status_display().lower()
+        raise BillingError(f"its subscription is not active ({status})")
+    with transaction.atomic():
+        agent.transition(
+            S.PROVISIONING,
+            actor=actor,
+            source="operator",
+            reason="deploy retried by an operator",
+            allowed_from=frozenset({S.FAILED}),
+        )
+        enqueue_deploy(agent)
+
+
+def apply_plan_to_agents(*, plan: Plan, actor: Any) -> int:
+    """Give every live agent on ``plan`` the plan's current limits (after an edit);
+    caps their owners had lowered are reset. Returns how many agents it covered."""
+    live = Subscription.objects.filter(plan=plan, status__in=HOLDS_PLACE).select_related("agent")
+    for subscription in live:
+        apply_agent_limits(
+            agent=subscription.agent,
+            limits=plan.agent_limits(),
+            actor=actor,
+            source="operator",
+            reason=f"{plan.name} plan changed",
+        )
+    return len(live)
