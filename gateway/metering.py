@@ -11,6 +11,7 @@ sweeper releases it. Both run synchronously in the gateway's database threads.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import time
 import uuid
@@ -148,7 +149,7 @@ def _admit(
     call = provider.prepare(
         payload, raw_size=raw_size, max_tokens_limit=agent.max_tokens_per_request
     )
-    provider_key = agent.ai_api_key
+    provider_key = agent.provider_key
     if not provider_key:
         raise Refusal(403, "This agent has no provider key on file.")
     _check_rate(agent)
@@ -167,33 +168,96 @@ def _admit(
     return _reserve(agent, provider, call, price, run, provider_key), call
 
 
-# Table names are constants; the token's hash is a parameter.
+@dataclass(frozen=True)
+class AgentView:
+    """What admission needs of an agent, read in one query without building a model."""
+
+    pk: uuid.UUID
+    status: str
+    ai_provider: str
+    sealed_key: str | None
+    max_tokens_per_request: int
+    max_requests_per_minute: int
+    allowed_tools: list[str]
+    tokens_day: dt.date | None
+    tool_calls_today: int
+    max_tool_calls_per_day: int
+    max_tool_calls_per_run: int
+    max_runtime_seconds: int
+
+    @property
+    def provider_key(self) -> str | None:
+        if self.sealed_key is None:
+            return None
+        return Agent._meta.get_field("ai_api_key").open_for_pk(self.pk, self.sealed_key)
+
+
+_VIEW_COLUMNS = ", ".join(
+    f"a.{Agent._meta.get_field(name).column}"
+    for name in (
+        "id",
+        "status",
+        "ai_provider",
+        "ai_api_key",
+        "max_tokens_per_request",
+        "max_requests_per_minute",
+        "allowed_tools",
+        "tokens_day",
+        "tool_calls_today",
+        "max_tool_calls_per_day",
+        "max_tool_calls_per_run",
+        "max_runtime_seconds",
+    )
+)
+# Table and column names are constants; the token's hash is a parameter.
 _TOKEN_LOOKUP = (
-    f"SELECT a.* FROM {Agent._meta.db_table} a JOIN {AgentToken._meta.db_table} t "  # noqa: S608
-    "ON t.agent_id = a.id WHERE t.token_hash = %s AND t.revoked_at IS NULL"
+    f"SELECT {_VIEW_COLUMNS} FROM {Agent._meta.db_table} a "  # noqa: S608
+    f"JOIN {AgentToken._meta.db_table} t ON t.agent_id = a.id "
+    "WHERE t.token_hash = %s AND t.revoked_at IS NULL"
 )
 
 
-def _agent_for_token(raw: str) -> Agent | None:
+def _agent_for_token(raw: str) -> AgentView | None:
     """The token's agent, read fresh (a revocation counts from the next call)."""
     if not raw.startswith(AgentToken.PREFIX) or len(raw) > 100:
         return None
-    return next(iter(Agent.objects.raw(_TOKEN_LOOKUP, [hash_token(raw)])), None)
+    with connection.cursor() as cursor:
+        cursor.execute(_TOKEN_LOOKUP, [hash_token(raw)])
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    pk, status, provider, sealed, max_tokens, rpm, tools, day, calls, per_day, per_run, runtime = (
+        row
+    )
+    return AgentView(
+        pk=pk if isinstance(pk, uuid.UUID) else uuid.UUID(pk),
+        status=status,
+        ai_provider=provider,
+        sealed_key=sealed,
+        max_tokens_per_request=max_tokens,
+        max_requests_per_minute=rpm,
+        allowed_tools=json.loads(tools) if isinstance(tools, str) else (tools or []),
+        tokens_day=dt.date.fromisoformat(day) if isinstance(day, str) else day,
+        tool_calls_today=calls,
+        max_tool_calls_per_day=per_day,
+        max_tool_calls_per_run=per_run,
+        max_runtime_seconds=runtime,
+    )
 
 
-def _check_tools(agent: Agent, call: Call) -> None:
+def _check_tools(agent: AgentView, call: Call) -> None:
     allowed = set(agent.allowed_tools or [])
     for name in call.tool_names:
         if name not in allowed:
             raise Refusal(400, f"Tool '{name}' is not on this agent's allow-list.")
 
 
-def _open_run(agent: Agent, run_id: str) -> AgentRun:
+def _open_run(agent: AgentView, run_id: str) -> AgentRun:
     if len(run_id) > 64:
         raise Refusal(400, "X-SaferClaw-Run must be at most 64 characters.")
     now = timezone.now()
     run, _ = AgentRun.objects.get_or_create(
-        agent=agent,
+        agent_id=agent.pk,
         run_id=run_id,
         defaults={"deadline": now + dt.timedelta(seconds=agent.max_runtime_seconds)},
     )
@@ -214,7 +278,7 @@ def _spent_today(today: dt.date) -> Case:
 
 
 def _reserve(
-    agent: Agent, provider: Provider, call: Call, price: Price, run: AgentRun | None, key: str
+    agent: AgentView, provider: Provider, call: Call, price: Price, run: AgentRun | None, key: str
 ) -> Admission:
     tokens, cost = call.worst_case_tokens, price.worst_cost(call)
     record_id = uuid.uuid4()
@@ -366,7 +430,7 @@ def release_stale_reservations(*, older_than: dt.timedelta) -> int:
 _redis_clients: dict[str, object] = {}
 
 
-def _check_rate(agent: Agent) -> None:
+def _check_rate(agent: AgentView) -> None:
     window = int(time.time() // 60)
     count = (
         _count_in_redis(agent.pk, window) if settings.REDIS_URL else _count_in_db(agent.pk, window)

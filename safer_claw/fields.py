@@ -67,7 +67,17 @@ class EncryptedTextField(models.TextField):
                 f"{type(instance).__name__} needs its primary key set before "
                 f"{self.name} can be sealed (use a UUID primary key made in Python)"
             )
-        return f"{self.model._meta.db_table}.{self.column}.{instance.pk}"
+        return self.context_for_pk(instance.pk)
+
+    def context_for_pk(self, pk: Any) -> str:
+        """The associated data that binds a value to this column of row ``pk``."""
+        return f"{self.model._meta.db_table}.{self.column}.{pk}"
+
+    def open_for_pk(self, pk: Any, sealed: str) -> Any:
+        """Open a value read without the ORM (it is still bound to its row)."""
+        return self.decode(
+            open_sealed(sealed, context=self.context_for_pk(pk), ring=current_ring())
+        )
 
     def seal_for(self, instance: models.Model, value: Any) -> Sealed:
         context = self.context_for(instance)
