@@ -9,6 +9,7 @@ error looks to its SDK. The proxy in ``gateway.proxy`` is the same for both.
 from __future__ import annotations
 
 import json
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -92,32 +93,35 @@ def _positive_int(value: Any, name: str) -> int | None:
     return value
 
 
-class Provider:
+class Provider(ABC):
+    """One provider's API; the proxy is the same for every provider."""
+
     name: str
     upstream_setting: str
     path: str
 
-    def token(self, headers: dict[str, str]) -> str:
-        raise NotImplementedError
+    @abstractmethod
+    def token(self, headers: dict[str, str]) -> str: ...
 
-    def prepare(self, payload: dict[str, Any], *, raw_size: int, max_tokens_limit: int) -> Call:
-        raise NotImplementedError
+    @abstractmethod
+    def prepare(self, payload: dict[str, Any], *, raw_size: int, max_tokens_limit: int) -> Call: ...
 
-    def upstream_headers(self, provider_key: str, headers: dict[str, str]) -> dict[str, str]:
-        raise NotImplementedError
+    @abstractmethod
+    def upstream_headers(self, provider_key: str, headers: dict[str, str]) -> dict[str, str]: ...
 
-    def response_usage(self, body: dict[str, Any]) -> tuple[Usage, int]:
-        raise NotImplementedError
+    @abstractmethod
+    def response_usage(self, body: dict[str, Any]) -> tuple[Usage, int]: ...
 
+    @abstractmethod
     def read_event(self, meter: StreamMeter, event: bytes) -> bool:
         """Meter one SSE event; returns False if it must not reach the client."""
-        raise NotImplementedError
+        ...
 
-    def error_body(self, status: int, message: str) -> dict[str, Any]:
-        raise NotImplementedError
+    @abstractmethod
+    def error_body(self, status: int, message: str) -> dict[str, Any]: ...
 
-    def stream_error_event(self, message: str) -> bytes:
-        raise NotImplementedError
+    @abstractmethod
+    def stream_error_event(self, message: str) -> bytes: ...
 
 
 def _event_data(event: bytes) -> bytes | None:
