@@ -10,8 +10,8 @@ from django.conf import settings
 from django.core.mail import send_mail
 from django.utils import timezone
 
-from agents.models import Agent, AgentStatus
-from agents.services import stop_agent
+from agents.models import Agent, AgentStatus, InvalidTransition
+from agents.services import DeployFailed, start_agent, stop_agent
 from droplets.docker_client import DropletError
 from gateway.metering import release_stale_reservations
 from gateway.models import AgentRun, RateWindow
@@ -55,3 +55,33 @@ def sweep() -> None:
     minute_now = int(timezone.now().timestamp() // 60)
     RateWindow.objects.filter(minute__lt=minute_now - 10).delete()
     AgentRun.objects.filter(deadline__lt=timezone.now() - dt.timedelta(days=2)).delete()
+
+
+@shared_task(ignore_result=True)
+def resume_agents_below_caps() -> None:
+    """Start again agents the gateway paused at a cap that now has room.
+
+    The daily token count starts afresh at UTC midnight and the cost counter
+    with each billing period; an agent paused at its cap resumes then, without
+    its owner having to come back. Agents paused for anything else (an owner,
+    a failed payment) are left alone.
+    """
+    for agent in agents_paused_at_a_cap_with_room():
+        try:
+            start_agent(agent=agent, source="gateway")
+        except (DropletError, DeployFailed, InvalidTransition) as exc:
+            logger.warning("could not resume agent %s below its caps: %s", agent.pk, exc)
+
+
+def agents_paused_at_a_cap_with_room() -> list[Agent]:
+    today = timezone.now().date()
+    resumable = []
+    for agent in Agent.objects.filter(status=AgentStatus.PAUSED).select_related("droplet"):
+        last = agent.events.filter(to_status=AgentStatus.PAUSED).order_by("-created_at").first()
+        if last is None or last.source != "gateway":
+            continue
+        tokens_left = agent.tokens_day != today or agent.tokens_today < agent.daily_token_cap
+        money_left = agent.cost_this_period < agent.monthly_cost_cap
+        if tokens_left and money_left:
+            resumable.append(agent)
+    return resumable

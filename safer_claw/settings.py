@@ -168,6 +168,10 @@ CELERY_BEAT_SCHEDULE = {
     "check-droplets": {"task": "droplets.tasks.check_droplets", "schedule": 30.0},
     "reconcile-agents": {"task": "agents.tasks.reconcile_agents", "schedule": 120.0},
     "sweep-gateway": {"task": "gateway.tasks.sweep", "schedule": 60.0},
+    "resume-agents-below-caps": {
+        "task": "gateway.tasks.resume_agents_below_caps",
+        "schedule": 300.0,
+    },
     "requeue-stalled-deploys": {
         "task": "billing.tasks.requeue_stalled_paid_deploys",
         "schedule": 300.0,
