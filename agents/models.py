@@ -80,7 +80,64 @@ class AIProvider(models.TextChoices):
     ANTHROPIC = "anthropic", "Anthropic"
 
 
-class Agent(models.Model):
+class AgentLimits(models.Model):
+    """What an agent may use: its container's limits, guardrails and caps.
+
+    An agent has them; a billing plan grants them (billing.Plan), so both
+    take this one definition.
+    """
+
+    # Container limits (DESIGN.md trust boundary 4).
+    cpu_limit = models.DecimalField(
+        "CPU limit (cores)",
+        max_digits=4,
+        decimal_places=2,
+        default=Decimal("0.50"),
+        validators=[MinValueValidator(Decimal("0.01")), MaxValueValidator(Decimal("64"))],
+    )
+    memory_limit = models.CharField(
+        max_length=12, default="512m", validators=[validate_memory_limit]
+    )
+    pids_limit = models.PositiveIntegerField(
+        default=100, validators=[MinValueValidator(8), MaxValueValidator(4096)]
+    )
+    # Guardrails, enforced by the gateway and the tool gateway.
+    max_tokens_per_request = models.PositiveIntegerField(
+        default=4096, validators=[MinValueValidator(1)]
+    )
+    max_tool_calls_per_run = models.PositiveIntegerField(default=20)
+    max_runtime_seconds = models.PositiveIntegerField(
+        "max runtime per run (s)", default=600, validators=[MinValueValidator(1)]
+    )
+    max_tool_calls_per_day = models.PositiveIntegerField(default=500)
+    max_requests_per_minute = models.PositiveIntegerField(
+        default=60, validators=[MinValueValidator(1)]
+    )
+    allowed_tools = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="Tool names the agent may declare or call, e.g. calendar.list_events.",
+    )
+
+    # Caps. Money is in US dollars.
+    daily_token_cap = models.PositiveBigIntegerField(default=200_000)
+    monthly_cost_cap = models.DecimalField(
+        "monthly model cost cap (USD)",
+        max_digits=10,
+        decimal_places=2,
+        default=Decimal("10.00"),
+        validators=[MinValueValidator(Decimal("0"))],
+    )
+
+    class Meta:
+        abstract = True
+
+    @classmethod
+    def limit_field_names(cls) -> tuple[str, ...]:
+        return tuple(field.name for field in AgentLimits._meta.fields)
+
+
+class Agent(AgentLimits):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     owner = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="agents"
@@ -112,49 +169,11 @@ class Agent(models.Model):
     # The owner's own secret for the kill switch webhook (DESIGN.md).
     kill_secret = EncryptedTextField(editable=False)
 
-    # Container limits (DESIGN.md trust boundary 4).
-    cpu_limit = models.DecimalField(
-        "CPU limit (cores)",
-        max_digits=4,
-        decimal_places=2,
-        default=Decimal("0.50"),
-        validators=[MinValueValidator(Decimal("0.01")), MaxValueValidator(Decimal("64"))],
-    )
-    memory_limit = models.CharField(
-        max_length=12, default="512m", validators=[validate_memory_limit]
-    )
-    pids_limit = models.PositiveIntegerField(
-        default=100, validators=[MinValueValidator(8), MaxValueValidator(4096)]
-    )
+    # Container hardening (DESIGN.md trust boundary 4); the limits are in AgentLimits.
     read_only_root = models.BooleanField("read-only root filesystem", default=True)
     drop_all_capabilities = models.BooleanField(default=True)
 
-    # Guardrails, enforced by the gateway and the tool gateway.
-    max_tokens_per_request = models.PositiveIntegerField(
-        default=4096, validators=[MinValueValidator(1)]
-    )
-    max_tool_calls_per_run = models.PositiveIntegerField(default=20)
-    max_runtime_seconds = models.PositiveIntegerField(
-        "max runtime per run (s)", default=600, validators=[MinValueValidator(1)]
-    )
-    max_tool_calls_per_day = models.PositiveIntegerField(default=500)
-    max_requests_per_minute = models.PositiveIntegerField(
-        default=60, validators=[MinValueValidator(1)]
-    )
-    allowed_tools = models.JSONField(
-        default=list,
-        blank=True,
-        help_text="Tool names the agent may declare or call, e.g. calendar.list_events.",
-    )
-
-    # Caps and their running counters. Money is in US dollars.
-    daily_token_cap = models.PositiveBigIntegerField(default=200_000)
-    monthly_cost_cap = models.DecimalField(
-        max_digits=10,
-        decimal_places=2,
-        default=Decimal("10.00"),
-        validators=[MinValueValidator(Decimal("0"))],
-    )
+    # The caps' running counters (the caps are in AgentLimits). Money is in US dollars.
     tokens_today = models.PositiveBigIntegerField(default=0)
     tokens_day = models.DateField(null=True, blank=True, help_text="UTC day tokens_today counts.")
     cost_this_period = models.DecimalField(max_digits=14, decimal_places=6, default=Decimal("0"))

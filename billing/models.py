@@ -12,28 +12,16 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.core.validators import MaxValueValidator, MinValueValidator
+from django.core.validators import MinValueValidator
 from django.db import models
 
-from agents.models import Agent, memory_limit_bytes, validate_memory_limit
+from agents.models import Agent, AgentLimits, memory_limit_bytes
 
 # The Agent fields a plan grants, copied onto each agent made under it.
-PLAN_LIMIT_FIELDS = (
-    "cpu_limit",
-    "memory_limit",
-    "pids_limit",
-    "daily_token_cap",
-    "monthly_cost_cap",
-    "max_tokens_per_request",
-    "max_tool_calls_per_run",
-    "max_runtime_seconds",
-    "max_tool_calls_per_day",
-    "max_requests_per_minute",
-    "allowed_tools",
-)
+PLAN_LIMIT_FIELDS = AgentLimits.limit_field_names()
 
 
-class Plan(models.Model):
+class Plan(AgentLimits):
     """What a subscription buys: a Stripe price, and the limits of each agent under it."""
 
     name = models.CharField(max_length=64, unique=True)
@@ -61,44 +49,7 @@ class Plan(models.Model):
         help_text="How many agents one owner may hold on this plan at once.",
     )
 
-    # Granted to every agent under the plan (the Agent fields of the same names).
-    cpu_limit = models.DecimalField(
-        "CPU limit (cores)",
-        max_digits=4,
-        decimal_places=2,
-        default=Decimal("0.50"),
-        validators=[MinValueValidator(Decimal("0.01")), MaxValueValidator(Decimal("64"))],
-    )
-    memory_limit = models.CharField(
-        max_length=12, default="512m", validators=[validate_memory_limit]
-    )
-    pids_limit = models.PositiveIntegerField(
-        default=100, validators=[MinValueValidator(8), MaxValueValidator(4096)]
-    )
-    daily_token_cap = models.PositiveBigIntegerField(default=200_000)
-    monthly_cost_cap = models.DecimalField(
-        "monthly model cost cap (USD)",
-        max_digits=10,
-        decimal_places=2,
-        default=Decimal("10.00"),
-        validators=[MinValueValidator(Decimal("0"))],
-    )
-    max_tokens_per_request = models.PositiveIntegerField(
-        default=4096, validators=[MinValueValidator(1)]
-    )
-    max_tool_calls_per_run = models.PositiveIntegerField(default=20)
-    max_runtime_seconds = models.PositiveIntegerField(
-        "max runtime per run (s)", default=600, validators=[MinValueValidator(1)]
-    )
-    max_tool_calls_per_day = models.PositiveIntegerField(default=500)
-    max_requests_per_minute = models.PositiveIntegerField(
-        default=60, validators=[MinValueValidator(1)]
-    )
-    allowed_tools = models.JSONField(
-        default=list,
-        blank=True,
-        help_text="Tool names agents on this plan may use, e.g. calendar.list_events.",
-    )
+    # Every AgentLimits field is granted to each agent under the plan.
 
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
