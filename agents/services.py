@@ -140,11 +140,13 @@ def deploy_agent(
         return agent
     agent.transition(S.PROVISIONING, actor=actor, source=source, reason="deploying")
     tried: set = set()
+    unreachable = ""  # the last droplet that did not answer, for the reason shown
     while True:
         try:
             droplet = _reserve_and_claim(agent, exclude=tried)
         except NoCapacity as exc:
-            return _deploy_failed(agent, str(exc), permanent=False, mark_failed=mark_failed)
+            reason = f"{exc} ({unreachable})" if unreachable else str(exc)
+            return _deploy_failed(agent, reason, permanent=False, mark_failed=mark_failed)
         if droplet is None:  # another deployment of this agent is under way
             agent.refresh_from_db()
             return agent
@@ -161,6 +163,7 @@ def deploy_agent(
             if isinstance(exc, DropletUnreachable):
                 record_droplet_failure(droplet, str(exc))
                 tried.add(droplet.pk)
+                unreachable = str(exc)
                 continue  # another droplet may take it
             return _deploy_failed(agent, str(exc), permanent=exc.permanent, mark_failed=mark_failed)
         try:

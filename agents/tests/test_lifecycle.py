@@ -272,3 +272,18 @@ def test_a_kill_during_the_deploy_wins(alice, droplets, engines, monkeypatch):
     assert not engines["d2"].containers.list(all=True, filters={"label": "saferclaw.agent"})
     assert not agent.tokens.filter(revoked_at__isnull=True).exists()
     assert sum(Droplet.objects.values_list("active_container_count", flat=True)) == 0
+
+
+def test_no_capacity_after_an_unreachable_droplet_says_which_and_why(
+    alice, droplets, restart_d2_after
+):
+    from droplets.tests.fixtures import droplets_script
+
+    local, _ = droplets
+    Droplet.objects.filter(pk=local.pk).update(active_container_count=5)  # full
+    droplets_script("stop-d2")
+    agent = new_agent(alice)
+    with pytest.raises(DeployFailed, match="no capacity"):
+        deploy_agent(agent=agent)
+    agent.refresh_from_db()
+    assert "create container on droplet d2-tls: unreachable" in agent.status_reason
