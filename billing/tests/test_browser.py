@@ -115,7 +115,9 @@ def test_a_failed_deploy_shows_its_reason_on_the_page(
 
     page.wait_for_selector("#agent-status-label.status-failed", timeout=60_000)
     page.screenshot(path=shots / "4-failed.png", full_page=True)
-    assert page.text_content("#agent-outcome") == (
+    outcome = page.text_content("#agent-outcome")
+    assert outcome.startswith(
         "Deploy failed: no capacity: every droplet is full, unreachable or in maintenance"
     )
+    assert "droplet dead: unreachable" in outcome  # which droplet failed, and how
     assert page.is_visible("text=We have emailed you")
