@@ -81,32 +81,13 @@ def run_benchmark(env: dict[str, str], count: int) -> None:
     from django.conf import settings
 
     from droplets.models import Droplet
-    from droplets.tests.fixtures import D1_ID, D1_SUBNET, D2_ID, D2_SUBNET
+    from droplets.tests.fixtures import create_local_droplet, create_tls_droplet
     from safer_claw.accounts.models import User
 
     settings.RUNTIME_IMAGE = env["SAFERCLAW_RUNTIME_IMAGE"]
     owner = User.objects.create_user("bench@example.com", "x")
-    local = Droplet.objects.create(
-        id=D1_ID,
-        name="bench-d1",
-        ip_address="127.0.0.1",
-        max_capacity=count,
-        vcpus=2,
-        docker_url=env["SAFERCLAW_D1_DOCKER_URL"],
-        agent_subnet=D1_SUBNET,
-    )
-    tls = Droplet.objects.create(
-        id=D2_ID,
-        name="bench-d2",
-        ip_address="127.0.0.3",
-        max_capacity=count,
-        vcpus=2,
-        docker_url=env["SAFERCLAW_D2_DOCKER_URL"],
-        agent_subnet=D2_SUBNET,
-        tls_ca_cert=Path(env["SAFERCLAW_TLS_CA"]).read_text(),
-        tls_client_cert=Path(env["SAFERCLAW_TLS_CERT"]).read_text(),
-        tls_client_key=Path(env["SAFERCLAW_TLS_KEY"]).read_text(),
-    )
+    local = create_local_droplet(env, capacity=count, control_plane_url="")
+    tls = create_tls_droplet(env, capacity=count, control_plane_url="")
     print(f"machine: {machine()}")
     print(f"agents per droplet: {count}\n")
     print(f"{'':34}{'p50 ms':>10}{'p95 ms':>10}{'baseline p50':>14}{'ratio':>8}")

@@ -46,22 +46,13 @@ def run_benchmark(env: dict[str, str], count: int) -> None:
     import docker
     from django.conf import settings
 
-    from droplets.models import Droplet
-    from droplets.tests.fixtures import D1_ID, D1_SUBNET
+    from droplets.tests.fixtures import create_local_droplet
     from safer_claw.accounts.models import User
 
     settings.RUNTIME_IMAGE = env["SAFERCLAW_RUNTIME_IMAGE"]
     settings.KILL_SWITCH_SECRET = [SECRET]
     owner = User.objects.create_user("bench@example.com", "x")
-    droplet = Droplet.objects.create(
-        id=D1_ID,
-        name="bench-d1",
-        ip_address="127.0.0.1",
-        max_capacity=count,
-        vcpus=2,
-        docker_url=env["SAFERCLAW_D1_DOCKER_URL"],
-        agent_subnet=D1_SUBNET,
-    )
+    droplet = create_local_droplet(env, capacity=count, control_plane_url="")
     engine = docker.DockerClient(base_url=env["SAFERCLAW_D1_DOCKER_URL"])
     try:
         timings = measure(owner, droplet, engine, count)

@@ -202,33 +202,14 @@ def run_benchmark(droplet_env: dict[str, str], runs: int, folder: Path) -> None:
     from billing.models import Plan
     from billing.tests.fake_stripe import FakeStripe
     from droplets.models import Droplet
-    from droplets.tests.fixtures import D1_ID, D1_SUBNET, D2_ID, D2_SUBNET
+    from droplets.tests.fixtures import create_local_droplet, create_tls_droplet
     from safer_claw.accounts.models import User
 
     port = free_port()
     owner = User.objects.create_user("bench@example.com", "x")
     plan = Plan.objects.create(name="Bench", stripe_price_id="price_bench", max_agents=1000)
-    local = Droplet.objects.create(
-        id=D1_ID,
-        name="bench-d1",
-        ip_address="127.0.0.1",
-        max_capacity=runs + 1,
-        vcpus=2,
-        docker_url=droplet_env["SAFERCLAW_D1_DOCKER_URL"],
-        agent_subnet=D1_SUBNET,
-    )
-    tls = Droplet.objects.create(
-        id=D2_ID,
-        name="bench-d2",
-        ip_address="127.0.0.3",
-        max_capacity=runs + 1,
-        vcpus=2,
-        docker_url=droplet_env["SAFERCLAW_D2_DOCKER_URL"],
-        agent_subnet=D2_SUBNET,
-        tls_ca_cert=Path(droplet_env["SAFERCLAW_TLS_CA"]).read_text(),
-        tls_client_cert=Path(droplet_env["SAFERCLAW_TLS_CERT"]).read_text(),
-        tls_client_key=Path(droplet_env["SAFERCLAW_TLS_KEY"]).read_text(),
-    )
+    local = create_local_droplet(droplet_env, capacity=runs + 1, control_plane_url="")
+    tls = create_tls_droplet(droplet_env, capacity=runs + 1, control_plane_url="")
     print(f"machine: {machine()}")
     print(f"broker: {REDIS_URL}; {runs} runs per droplet after one untimed warm-up\n")
     print(f"{'webhook -> running':34}{'p50 ms':>10}{'p95 ms':>10}{'min ms':>10}{'max ms':>10}")

@@ -65,40 +65,54 @@ def clean_engines(engines):
         _remove_ours(engine)
 
 
-@pytest.fixture
-def local_droplet(db, droplet_env, clean_engines, settings) -> Droplet:
-    settings.RUNTIME_IMAGE = droplet_env["SAFERCLAW_RUNTIME_IMAGE"]
+def create_local_droplet(
+    env: dict[str, str], *, capacity: int = 5, control_plane_url: str = "http://172.31.1.1:8000"
+) -> Droplet:
+    """Droplet 1 (the engine on the local unix socket) as a row; tests and benchmarks."""
     return Droplet.objects.create(
         id=D1_ID,
         name="d1-local",
         ip_address="127.0.0.1",
-        max_capacity=5,
+        max_capacity=capacity,
         vcpus=2,
-        docker_url=droplet_env["SAFERCLAW_D1_DOCKER_URL"],
+        docker_url=env["SAFERCLAW_D1_DOCKER_URL"],
         agent_subnet=D1_SUBNET,
-        control_plane_url="http://172.31.1.1:8000",
+        control_plane_url=control_plane_url,
     )
+
+
+def create_tls_droplet(
+    env: dict[str, str], *, capacity: int = 5, control_plane_url: str = "http://172.31.2.1:8000"
+) -> Droplet:
+    """Droplet 2 (mutual TLS on tcp://127.0.0.3:2376) as a validated row."""
+    droplet = Droplet(
+        id=D2_ID,
+        name="d2-tls",
+        ip_address="127.0.0.3",
+        max_capacity=capacity,
+        vcpus=2,
+        docker_url=env["SAFERCLAW_D2_DOCKER_URL"],
+        agent_subnet=D2_SUBNET,
+        control_plane_url=control_plane_url,
+        tls_ca_cert=Path(env["SAFERCLAW_TLS_CA"]).read_text(),
+        tls_client_cert=Path(env["SAFERCLAW_TLS_CERT"]).read_text(),
+        tls_client_key=Path(env["SAFERCLAW_TLS_KEY"]).read_text(),
+    )
+    droplet.full_clean()
+    droplet.save()
+    return droplet
+
+
+@pytest.fixture
+def local_droplet(db, droplet_env, clean_engines, settings) -> Droplet:
+    settings.RUNTIME_IMAGE = droplet_env["SAFERCLAW_RUNTIME_IMAGE"]
+    return create_local_droplet(droplet_env)
 
 
 @pytest.fixture
 def tls_droplet(db, droplet_env, clean_engines, settings) -> Droplet:
     settings.RUNTIME_IMAGE = droplet_env["SAFERCLAW_RUNTIME_IMAGE"]
-    droplet = Droplet(
-        id=D2_ID,
-        name="d2-tls",
-        ip_address="127.0.0.3",
-        max_capacity=5,
-        vcpus=2,
-        docker_url=droplet_env["SAFERCLAW_D2_DOCKER_URL"],
-        agent_subnet=D2_SUBNET,
-        control_plane_url="http://172.31.2.1:8000",
-        tls_ca_cert=Path(droplet_env["SAFERCLAW_TLS_CA"]).read_text(),
-        tls_client_cert=Path(droplet_env["SAFERCLAW_TLS_CERT"]).read_text(),
-        tls_client_key=Path(droplet_env["SAFERCLAW_TLS_KEY"]).read_text(),
-    )
-    droplet.full_clean()
-    droplet.save()
-    return droplet
+    return create_tls_droplet(droplet_env)
 
 
 def droplets_script(*args: str) -> None:
