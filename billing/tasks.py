@@ -85,6 +85,22 @@ def resume_paid_agent(agent_id: str) -> None:
         logger.warning("agent %s not resumed: %s", agent_id, exc)
 
 
+def retry_or_alert(task: Task, exc: Exception, *, subject: str, message: str) -> None:
+    """Retry a clean-up that failed for a passing reason; otherwise tell the admins.
+
+    ``exc`` has a ``permanent`` flag (DropletError, StripeFailed).
+    """
+    if exc.permanent or task.request.retries >= TEAR_DOWN_MAX_RETRIES:
+        logger.error("%s: %s", subject, exc)
+        mail_admins(subject=subject, message=message)
+        return
+    raise task.retry(
+        exc=exc,
+        countdown=deploy_retry_delay(task.request.retries),
+        max_retries=TEAR_DOWN_MAX_RETRIES,
+    ) from exc
+
+
 @shared_task(bind=True, acks_late=True, ignore_result=True)
 def tear_down_agent(self: Task, agent_id: str) -> None:
     """Remove the container of an agent whose subscription ended, free its slot,
@@ -95,18 +111,12 @@ def tear_down_agent(self: Task, agent_id: str) -> None:
     try:
         delete_agent(agent=agent, source="stripe")
     except DropletError as exc:
-        if exc.permanent or self.request.retries >= TEAR_DOWN_MAX_RETRIES:
-            logger.error("agent %s not torn down: %s", agent_id, exc)
-            mail_admins(
-                subject=f"Tear-down failed: agent {agent_id}",
-                message=f"Its subscription ended, but its container stays: {exc}",
-            )
-            return
-        raise self.retry(
-            exc=exc,
-            countdown=deploy_retry_delay(self.request.retries),
-            max_retries=TEAR_DOWN_MAX_RETRIES,
-        ) from exc
+        retry_or_alert(
+            self,
+            exc,
+            subject=f"Tear-down failed: agent {agent_id}",
+            message=f"Its subscription ended, but its container stays: {exc}",
+        )
 
 
 @shared_task(bind=True, acks_late=True, ignore_result=True)
@@ -118,17 +128,9 @@ def stop_billing_for(self: Task, subscription_id: str) -> None:
     try:
         stop_billing(subscription)
     except StripeFailed as exc:
-        if exc.permanent or self.request.retries >= TEAR_DOWN_MAX_RETRIES:
-            logger.error(
-                "subscription %s of a deleted agent not canceled: %s", subscription_id, exc
-            )
-            mail_admins(
-                subject=f"Cancel failed: subscription {subscription_id}",
-                message=f"Its agent was deleted, but Stripe still bills it: {exc}",
-            )
-            return
-        raise self.retry(
-            exc=exc,
-            countdown=deploy_retry_delay(self.request.retries),
-            max_retries=TEAR_DOWN_MAX_RETRIES,
-        ) from exc
+        retry_or_alert(
+            self,
+            exc,
+            subject=f"Cancel failed: subscription {subscription_id}",
+            message=f"Its agent was deleted, but Stripe still bills it: {exc}",
+        )
