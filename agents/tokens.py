@@ -35,9 +35,14 @@ def revoke_agent_tokens(*, agent: Agent) -> int:
     )
 
 
+def looks_like_token(raw: str) -> bool:
+    """Cheap shape check before any lookup: our prefix and a sane length."""
+    return raw.startswith(AgentToken.PREFIX) and len(raw) <= 100
+
+
 def token_agent(raw: str) -> Agent | None:
     """The agent an active token belongs to, or None."""
-    if not raw.startswith(AgentToken.PREFIX) or len(raw) > 100:
+    if not looks_like_token(raw):
         return None
     token = (
         AgentToken.objects.select_related("agent")

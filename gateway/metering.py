@@ -25,7 +25,7 @@ from django.db.models.functions import Greatest
 from django.utils import timezone
 
 from agents.models import Agent, AgentStatus, AgentToken
-from agents.tokens import hash_token
+from agents.tokens import hash_token, looks_like_token
 from gateway import ledger_sql
 from gateway.models import AgentRun, ModelPrice, UsageRecord, UsageStatus
 from gateway.providers import Call, Provider, Usage
@@ -218,8 +218,11 @@ _TOKEN_LOOKUP = (
 
 
 def _agent_for_token(raw: str) -> AgentView | None:
-    """The token's agent, read fresh (a revocation counts from the next call)."""
-    if not raw.startswith(AgentToken.PREFIX) or len(raw) > 100:
+    """The token's agent, read fresh (a revocation counts from the next call).
+
+    agents.tokens.token_agent in one plain query of the columns admission needs.
+    """
+    if not looks_like_token(raw):
         return None
     with connection.cursor() as cursor:
         cursor.execute(_TOKEN_LOOKUP, [hash_token(raw)])
