@@ -389,3 +389,8 @@ class UsedKillSignature(models.Model):
 
     def __str__(self) -> str:
         return f"{self.signature[:12]}… at {self.created_at:%Y-%m-%d %H:%M:%S}"
+
+
+# The conversation's models live in their own module; importing them here is
+# what registers them with the app.
+from agents.conversations import Message, Run, RunStep  # noqa: E402, F401

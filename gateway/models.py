@@ -91,7 +91,7 @@ class UsageRecord(models.Model):
 class AgentRun(models.Model):
     """One run of the agent loop: its deadline and tool-call count."""
 
-    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="runs")
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="gateway_runs")
     run_id = models.CharField(max_length=64)
     started_at = models.DateTimeField(auto_now_add=True)
     deadline = models.DateTimeField()

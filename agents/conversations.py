@@ -1,0 +1,150 @@
+"""An agent's conversation and the runs that answer it (DESIGN.md: agent API).
+
+The control plane keeps the whole conversation, so a container can be replaced
+at any time without losing anything. An owner's message (or a schedule's
+firing) is an inbound ``Message`` with a ``Run`` queued for it. The runtime's
+long poll hands out the agent's active run, activating the oldest queued one
+when there is none; a restarted runtime is handed the same active run again,
+with its counters and deadline as they were. The run ends when the agent's
+reply is stored (once), or when the control plane stops it at a limit, a kill
+or a failure, and then the control plane writes the reply that says why.
+
+At most one run per agent is active (a database constraint), so the gateway
+and the tool endpoint charge every call to *that* run: nothing the agent sends
+chooses or resets the run its calls count against.
+
+``RunStep`` rows are what the run did, written by the control plane as it
+happens (the gateway for model calls, the tool endpoint for tool calls, either
+for a refusal); metadata only, never mail or file content.
+"""
+
+from __future__ import annotations
+
+import uuid
+from decimal import Decimal
+
+from django.db import models
+
+from agents.models import Agent
+
+
+class MessageRole(models.TextChoices):
+    OWNER = "owner", "Owner"
+    SCHEDULE = "schedule", "Schedule"
+    AGENT = "agent", "Agent"
+    SYSTEM = "system", "Safer-Claw"  # a reply the control plane wrote (a run stopped)
+
+
+class Message(models.Model):
+    """One message of the conversation, inbound (owner, schedule) or a reply."""
+
+    MAX_CONTENT_CHARS = 32_000
+
+    id = models.BigAutoField(primary_key=True)
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="messages")
+    role = models.CharField(max_length=16, choices=MessageRole.choices)
+    content = models.TextField()
+    # For a reply: the run it answers (the inbound message is run.message).
+    in_reply_to = models.ForeignKey(
+        "Run", null=True, blank=True, on_delete=models.CASCADE, related_name="replies"
+    )
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        indexes = [models.Index(fields=["agent", "created_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.role}: {self.content[:40]}"
+
+
+class RunStatus(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    ACTIVE = "active", "Running"
+    DONE = "done", "Answered"
+    STOPPED = "stopped", "Stopped at a limit"
+    FAILED = "failed", "Failed"
+    CANCELED = "canceled", "Canceled"
+
+
+RUN_OPEN = (RunStatus.QUEUED, RunStatus.ACTIVE)
+
+
+class StopReason(models.TextChoices):
+    """Why a run ended; the owner's reply names it."""
+
+    COMPLETED = "completed", "Completed"
+    MAX_MODEL_STEPS = "max_model_steps", "Max model steps per run"
+    MAX_TOOL_CALLS = "max_tool_calls", "Max tool calls per run"
+    MAX_RUNTIME = "max_runtime", "Max runtime per run"
+    MAX_TOKENS = "max_tokens", "Max tokens"
+    CAP_REACHED = "cap_reached", "A spending cap"
+    AGENT_STOPPED = "agent_stopped", "The agent was stopped"
+    ERROR = "error", "Error"
+
+
+class Run(models.Model):
+    """One run of the agent loop, begun and identified by the control plane."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="runs")
+    message = models.OneToOneField(Message, on_delete=models.CASCADE, related_name="run")
+    status = models.CharField(
+        max_length=16, choices=RunStatus.choices, default=RunStatus.QUEUED, db_index=True
+    )
+    stop_reason = models.CharField(max_length=20, choices=StopReason.choices, blank=True)
+    stop_detail = models.TextField(blank=True)
+
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    deadline = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    handed_out = models.PositiveIntegerField(
+        default=0, help_text="How often the inbox handed this run out (more than once: a restart)."
+    )
+
+    # What the run used, counted by the control plane (gateway and tool endpoint).
+    model_calls = models.PositiveIntegerField(default=0)
+    tool_calls = models.PositiveIntegerField(default=0)
+    reserved_tool_calls = models.PositiveIntegerField(default=0)
+    tokens = models.PositiveBigIntegerField(default=0)
+    cost = models.DecimalField(max_digits=14, decimal_places=6, default=Decimal("0"))
+
+    class Meta:
+        ordering = ["created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["agent"],
+                condition=models.Q(status="active"),
+                name="one_active_run_per_agent",
+            ),
+        ]
+        indexes = [models.Index(fields=["agent", "status", "created_at"])]
+
+    def __str__(self) -> str:
+        return f"run {self.id} of {self.agent_id} ({self.status})"
+
+
+class StepKind(models.TextChoices):
+    MODEL_CALL = "model_call", "Model call"
+    TOOL_CALL = "tool_call", "Tool call"
+    REFUSED = "refused", "Refused"
+    NOTE = "note", "Note"
+
+
+class RunStep(models.Model):
+    """One thing a run did, as the control plane saw it: metadata, never content."""
+
+    id = models.BigAutoField(primary_key=True)
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="steps")
+    kind = models.CharField(max_length=16, choices=StepKind.choices)
+    name = models.CharField(max_length=100, help_text="The model or the tool.")
+    # Metadata only: argument digest, result size, tokens, cost, latency, refusal reason.
+    detail = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.name}"
