@@ -38,5 +38,9 @@ def droplet(db):
 
 @pytest.fixture
 def agent(alice):
-    """Alice's agent, made the way the product makes one (with its "created" event)."""
-    return create_agent(owner=alice, name="helper", provider_key="sk-test-provider-key-alice")
+    """Alice's agent, made the way the product makes one (with its "created" event),
+    and paid for: only an agent whose billing is active may be deployed."""
+    agent = create_agent(owner=alice, name="helper", provider_key="sk-test-provider-key-alice")
+    type(agent).objects.filter(pk=agent.pk).update(billing_active=True)
+    agent.billing_active = True
+    return agent

@@ -105,6 +105,9 @@ class AgentLimits(models.Model):
     max_tokens_per_request = models.PositiveIntegerField(
         default=4096, validators=[MinValueValidator(1)]
     )
+    max_model_steps_per_run = models.PositiveIntegerField(
+        default=20, validators=[MinValueValidator(1)]
+    )
     max_tool_calls_per_run = models.PositiveIntegerField(default=20)
     max_runtime_seconds = models.PositiveIntegerField(
         "max runtime per run (s)", default=600, validators=[MinValueValidator(1)]
@@ -155,6 +158,9 @@ class Agent(AgentLimits):
         max_length=20, choices=AgentStatus.choices, default=AgentStatus.PENDING_PAYMENT
     )
     status_reason = models.TextField(blank=True)
+    # Whether what pays for the agent is active (DESIGN.md trust boundary 5).
+    # Written by billing alone; Agent.transition reads it under the row lock.
+    billing_active = models.BooleanField(default=False)
 
     droplet = models.ForeignKey(
         Droplet, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
