@@ -103,9 +103,19 @@ class Run(models.Model):
         default=0, help_text="How often the inbox handed this run out (more than once: a restart)."
     )
 
-    # What the run used, counted by the control plane (gateway and tool endpoint).
+    # What the run used, counted by the control plane. The gateway counts model
+    # calls (reserved at admission, settled after) and the tool calls the model
+    # asked for; the tool endpoint counts the tool calls it performed (reserved
+    # the same way). Each is held to the agent's per-run limit on its own, so
+    # no tool call is counted twice and neither side can pass the limit.
     model_calls = models.PositiveIntegerField(default=0)
-    tool_calls = models.PositiveIntegerField(default=0)
+    reserved_model_calls = models.PositiveIntegerField(default=0)
+    requested_tool_calls = models.PositiveIntegerField(
+        default=0, help_text="Tool-use blocks the model returned (counted by the gateway)."
+    )
+    tool_calls = models.PositiveIntegerField(
+        default=0, help_text="Tool calls the control plane performed (the tool endpoint)."
+    )
     reserved_tool_calls = models.PositiveIntegerField(default=0)
     tokens = models.PositiveBigIntegerField(default=0)
     cost = models.DecimalField(max_digits=14, decimal_places=6, default=Decimal("0"))
