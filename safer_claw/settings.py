@@ -354,3 +354,52 @@ GATEWAY_UPSTREAM_TIMEOUT_SECONDS = env.float("GATEWAY_UPSTREAM_TIMEOUT_SECONDS",
 # Threads doing the gateway's database work, each with its own open connection.
 GATEWAY_DB_THREADS = env.int("GATEWAY_DB_THREADS", default=8)
 GATEWAY_RESERVATION_TIMEOUT_MINUTES = env.int("GATEWAY_RESERVATION_TIMEOUT_MINUTES", default=15)
+
+# --- Google integrations (integrations/google) ------------------------------------------
+# Read-only Calendar, Gmail and Drive for agents, connected per agent by its owner
+# (OAuth 2.0 with PKCE). Without GOOGLE_CLIENT_ID the integrations are off and
+# the agent's integrations page says so.
+GOOGLE_CLIENT_ID = env.str("GOOGLE_CLIENT_ID", default="")
+GOOGLE_CLIENT_SECRET = env.str("GOOGLE_CLIENT_SECRET", default="")
+if GOOGLE_CLIENT_ID and not GOOGLE_CLIENT_SECRET:
+    raise ImproperlyConfigured("GOOGLE_CLIENT_SECRET is not set (needed with GOOGLE_CLIENT_ID).")
+# The capabilities the operator offers (an allow-list). Gmail and Drive use
+# scopes Google calls restricted: before a public launch Google requires a
+# security assessment, so an operator without one lists only "calendar".
+GOOGLE_CAPABILITIES = env.list("GOOGLE_CAPABILITIES", default=["calendar", "gmail", "drive"])
+if set(GOOGLE_CAPABILITIES) - {"calendar", "gmail", "drive"}:
+    raise ImproperlyConfigured("GOOGLE_CAPABILITIES: use any of calendar, gmail, drive.")
+
+
+def _google_url(name: str, default: str) -> str:
+    """A Google endpoint: HTTPS, or plain HTTP only to this machine (the tests' stand-ins),
+    so a token is never sent in clear over a network."""
+    value = env.str(name, default=default).rstrip("/")
+    loopback = ("http://127.0.0.1:", "http://localhost:", "http://[::1]:")
+    if not (value.startswith("https://") or value.startswith(loopback)):
+        raise ImproperlyConfigured(f"{name} must be an https:// URL (or http:// on loopback).")
+    return value
+
+
+GOOGLE_AUTH_URL = _google_url("GOOGLE_AUTH_URL", "https://accounts.google.com/o/oauth2/v2/auth")
+GOOGLE_TOKEN_URL = _google_url("GOOGLE_TOKEN_URL", "https://oauth2.googleapis.com/token")
+GOOGLE_REVOKE_URL = _google_url("GOOGLE_REVOKE_URL", "https://oauth2.googleapis.com/revoke")
+GOOGLE_CALENDAR_API_URL = _google_url(
+    "GOOGLE_CALENDAR_API_URL", "https://www.googleapis.com/calendar/v3"
+)
+GOOGLE_GMAIL_API_URL = _google_url("GOOGLE_GMAIL_API_URL", "https://gmail.googleapis.com/gmail/v1")
+GOOGLE_DRIVE_API_URL = _google_url("GOOGLE_DRIVE_API_URL", "https://www.googleapis.com/drive/v3")
+# The OAuth redirect URI registered with Google; empty: built from the request
+# (https://<host>/integrations/google/callback).
+GOOGLE_REDIRECT_URI = env.str("GOOGLE_REDIRECT_URI", default="")
+GOOGLE_TIMEOUT_SECONDS = env.float("GOOGLE_TIMEOUT_SECONDS", default=10)
+# An access token is refreshed when it has less than this left (on demand and by beat).
+GOOGLE_REFRESH_MARGIN_SECONDS = env.int("GOOGLE_REFRESH_MARGIN_SECONDS", default=300)
+CELERY_BEAT_SCHEDULE["refresh-google-tokens"] = {
+    "task": "integrations.google.tasks.refresh_google_tokens",
+    "schedule": 300.0,
+}
+CELERY_BEAT_SCHEDULE["retry-google-revocations"] = {
+    "task": "integrations.google.tasks.retry_google_revocations",
+    "schedule": 900.0,
+}

@@ -13,6 +13,7 @@ urlpatterns = [
     path("accounts/", include("allauth.urls")),
     path("dashboard/", include("agents.urls")),
     path("billing/", include("billing.urls")),
+    path("integrations/", include("integrations.urls")),
     path("api/", include("safer_claw.accounts.urls")),
     path("api/agents/", include("agents.api_urls")),
     path("api/agents/<uuid:agent_id>/usage", AgentUsageApi.as_view(), name="api-agent-usage"),
