@@ -14,52 +14,62 @@ from typing import Any
 
 # Elements whose text is never content (code, styling, metadata).
 _SKIP = {"script", "style", "head", "title", "template", "noscript", "svg", "object"}
-# Elements that end a line of text.
-_BREAK = {
-    "br", "p", "div", "li", "tr", "h1", "h2", "h3", "h4", "h5", "h6",
-    "table", "ul", "ol", "blockquote", "pre", "hr", "section", "article",
+# Elements that begin and end a paragraph (a blank line), and those that begin
+# and end a line.
+_PARAGRAPH = {
+    "p", "h1", "h2", "h3", "h4", "h5", "h6", "ul", "ol", "table", "blockquote",
+    "pre", "hr", "section", "article",
 }  # fmt: skip
-_VOID = {
-    "br",
-    "hr",
-    "img",
-    "meta",
-    "link",
-    "input",
-    "area",
-    "base",
-    "col",
-    "embed",
-    "source",
-    "wbr",
-}
+_LINE = {"div", "li", "tr", "dt", "dd", "header", "footer"}
 
 
 class _TextExtractor(HTMLParser):
+    """Text with line breaks where the blocks were. A break is held until the
+    next text, so nested blocks make one break, not one per tag."""
+
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
         self.parts: list[str] = []
         self.skipping: list[str] = []
+        self.breaks = 0
+
+    def _break(self, count: int) -> None:
+        self.breaks = max(self.breaks, count)
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         if tag in _SKIP:
             self.skipping.append(tag)
-        elif tag in _BREAK:
-            self.parts.append("\n")
+        elif tag == "br":
+            self.breaks = min(self.breaks + 1, 2)
+        elif tag in _PARAGRAPH:
+            self._break(2)
+        elif tag in _LINE:
+            self._break(1)
 
     def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag in _BREAK:
-            self.parts.append("\n")
+        if tag not in _SKIP:
+            self.handle_starttag(tag, attrs)
 
     def handle_endtag(self, tag: str) -> None:
-        if self.skipping and tag == self.skipping[-1]:
-            self.skipping.pop()
-        elif tag in _BREAK and tag not in _VOID:
-            self.parts.append("\n")
+        if self.skipping:
+            if tag == self.skipping[-1]:
+                self.skipping.pop()
+        elif tag in _PARAGRAPH:
+            self._break(2)
+        elif tag in _LINE:
+            self._break(1)
 
     def handle_data(self, data: str) -> None:
-        if not self.skipping:
-            self.parts.append(data)
+        if self.skipping:
+            return
+        if not data.strip():
+            if not self.breaks:
+                self.parts.append(" ")
+            return
+        if self.breaks and self.parts:
+            self.parts.append("\n" * self.breaks)
+        self.breaks = 0
+        self.parts.append(data)
 
 
 def html_to_text(markup: str) -> str:

@@ -35,6 +35,8 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 USE_TZ = True
 STATIC_URL = "static/"
 LOGIN_URL = "/_control/login"
+# The tests load big mailboxes and files through /_control/serve.
+DATA_UPLOAD_MAX_MEMORY_SIZE = None
 # Client secrets are hashed with the first hasher: a fast one, this is a test server.
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
