@@ -238,3 +238,15 @@ def test_beat_retries_revocations_whose_task_was_lost(connect, owner, agent, goo
 
     assert not PendingRevocation.objects.exists()
     assert google.refresh_at_google(token["refresh_token"]).json()["error"] == "invalid_grant"
+
+
+def test_a_deleted_agent_keeps_no_google_grant(connect, agent, google):
+    connect("gmail")
+    token = GoogleIntegration.objects.get(agent=agent).token
+    type(agent).objects.filter(pk=agent.pk).update(status="deleted")
+
+    tasks.refresh_google_tokens()
+
+    assert not GoogleIntegration.objects.filter(agent=agent).exists()
+    assert google.refresh_at_google(token["refresh_token"]).json()["error"] == "invalid_grant"
+    assert "agent was deleted" in AgentEvent.objects.filter(agent=agent).last().reason
