@@ -18,12 +18,7 @@ from django.utils import timezone
 
 from agents.models import Agent, AgentEvent, AgentStatus
 from integrations.google import client
-from integrations.google.capabilities import (
-    CAPABILITIES,
-    Capability,
-    google_configured,
-    offered,
-)
+from integrations.google.capabilities import Capability, google_configured, offered
 from integrations.google.client import GoogleFailed, InvalidGrant
 from integrations.google.models import GoogleIntegration, IntegrationStatus, PendingRevocation
 
@@ -142,10 +137,9 @@ def complete_connect(
     granted = set((token["scope"] or capability.scope).split())
     with transaction.atomic():
         integration, _ = GoogleIntegration.objects.select_for_update().get_or_create(agent=agent)
-        kept_refresh_token = integration.refresh_token if integration.token else None
         integration.token = {
             **token,
-            "refresh_token": token["refresh_token"] or kept_refresh_token,
+            "refresh_token": token["refresh_token"] or integration.refresh_token,
             "scope": " ".join(sorted(granted)),
         }
         not_granted = set(integration.not_granted_scopes) - granted
@@ -365,53 +359,6 @@ def disconnect_deleted_agents() -> int:
         disconnect_google(agent=integration.agent, actor=None, why="because the agent was deleted")
         count += 1
     return count
-
-
-# --- The owner's page ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class CapabilityState:
-    capability: Capability
-    state: str  # not_configured · off · not_connected · connected · not_granted · broken
-    label: str
-
-    @property
-    def can_connect(self) -> bool:
-        return self.state in {"not_connected", "not_granted", "broken"}
-
-
-STATE_LABELS = {
-    "not_configured": "Not available on this Safer-Claw",
-    "off": "Switched off by the operator",
-    "not_connected": "Not connected",
-    "connected": "Connected",
-    "not_granted": "Not granted",
-    "broken": "Broken: reconnect",
-}
-
-
-def capability_states(*, agent: Agent) -> tuple[GoogleIntegration | None, list[CapabilityState]]:
-    """The agent's connection and each capability's state, for its integrations page."""
-    integration = GoogleIntegration.objects.filter(agent=agent).first()
-    rows = []
-    for capability in CAPABILITIES.values():
-        if not google_configured():
-            state = "not_configured"
-        elif not offered(capability):
-            state = "off"
-        elif integration is None:
-            state = "not_connected"
-        elif integration.status == IntegrationStatus.BROKEN and (integration.grants(capability)):
-            state = "broken"
-        elif integration.grants(capability):
-            state = "connected"
-        elif capability.scope in integration.not_granted_scopes:
-            state = "not_granted"
-        else:
-            state = "not_connected"
-        rows.append(CapabilityState(capability=capability, state=state, label=STATE_LABELS[state]))
-    return integration, rows
 
 
 def _tasks() -> Any:

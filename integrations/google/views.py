@@ -13,7 +13,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
 from agents.models import Agent, AgentStatus
-from integrations.google import services
+from integrations.google import selectors, services
 from integrations.google.capabilities import CAPABILITIES, google_configured
 from integrations.google.client import GoogleFailed
 from integrations.google.flow import start_flow, take_flow
@@ -47,7 +47,7 @@ def _redirect_uri(request: HttpRequest) -> str:
 @require_GET
 def agent_integrations(request: HttpRequest, agent_id: uuid.UUID) -> HttpResponse:
     agent = _owned_agent(request, agent_id)
-    integration, rows = services.capability_states(agent=agent)
+    integration, rows = selectors.capability_states(agent=agent)
     return render(
         request,
         "integrations/agent_integrations.html",

@@ -121,3 +121,20 @@ def test_another_users_agent_page_is_404_even_when_connected(connect, client, bo
 def test_the_agent_page_links_to_its_integrations(owner, agent):
     response = owner.get(reverse("billing:agent", args=[agent.pk]))
     assert reverse("integrations:agent", args=[agent.pk]) in response.content.decode()
+
+
+def test_operators_see_a_connection_in_admin_but_never_its_tokens(connect, agent, admin_client):
+    connect("calendar")
+    integration = GoogleIntegration.objects.get(agent=agent)
+
+    listing = admin_client.get(reverse("admin:integrations_googleintegration_changelist"))
+    detail = admin_client.get(
+        reverse("admin:integrations_googleintegration_change", args=[integration.pk])
+    )
+
+    assert listing.status_code == 200
+    assert detail.status_code == 200
+    assert "Google Calendar" in listing.content.decode()
+    for response in (listing, detail):
+        assert integration.token["access_token"] not in response.content.decode()
+        assert integration.token["refresh_token"] not in response.content.decode()
