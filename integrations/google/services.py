@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -137,11 +138,28 @@ def complete_connect(
     granted = set((token["scope"] or capability.scope).split())
     with transaction.atomic():
         integration, _ = GoogleIntegration.objects.select_for_update().get_or_create(agent=agent)
+        previous_refresh_token, previous_scopes = (
+            integration.refresh_token,
+            integration.granted_scopes,
+        )
         integration.token = {
             **token,
-            "refresh_token": token["refresh_token"] or integration.refresh_token,
+            "refresh_token": token["refresh_token"] or previous_refresh_token,
             "scope": " ".join(sorted(granted)),
         }
+        if previous_refresh_token and token["refresh_token"] and not previous_scopes <= granted:
+            # A new grant that does not hold the old one's scopes comes from
+            # another Google account (the same account's would, incrementally):
+            # the old grant would be left alive at Google with no one holding
+            # it, so it is revoked. (Revoking within one account would end the
+            # new grant too, which is why this is not done whenever the token changes.)
+            _revoke_later(agent=agent, token=previous_refresh_token, error="replaced")
+            _audit(
+                agent=agent,
+                actor=actor,
+                reason="Google: another account was connected; the previous account's "
+                "access is revoked in the background",
+            )
         not_granted = set(integration.not_granted_scopes) - granted
         if capability.scope not in granted:
             not_granted.add(capability.scope)
@@ -176,8 +194,13 @@ def record_not_granted(*, agent: Agent, actor: Any, capability: Capability, erro
         _audit(
             agent=agent,
             actor=actor,
-            reason=f"Google: {capability.label} not granted by the owner ({error[:64]})",
+            reason=f"Google: {capability.label} not granted by the owner ({_error_code(error)})",
         )
+
+
+def _error_code(error: str) -> str:
+    """An OAuth error code from the query string, or a neutral word: it is recorded."""
+    return error if re.fullmatch(r"[a-z_]{1,40}", error) else "error"
 
 
 def _labels(integration: GoogleIntegration) -> str:
@@ -322,19 +345,25 @@ def disconnect_google(*, agent: Agent, actor: Any, why: str = "by the owner") ->
                 reason=f"Google disconnected {why}: access revoked at Google",
             )
         else:
-            pending = PendingRevocation(agent=agent, attempts=1, last_error=str(failure)[:200])
-            pending.last_attempt_at = timezone.now()
-            pending.token = token
-            pending.save()
+            _revoke_later(agent=agent, token=token, error=str(failure), attempts=1)
             _audit(
                 agent=agent,
                 actor=actor,
                 reason=f"Google disconnected {why}: tokens deleted; Google could not be "
                 "reached, so the revoke is retried in the background",
             )
-            pending_id = str(pending.pk)
-            transaction.on_commit(lambda: _tasks().revoke_google_token.delay(pending_id))
     return Disconnected(was_connected=True, revoked=failure is None)
+
+
+def _revoke_later(*, agent: Agent, token: str, error: str, attempts: int = 0) -> None:
+    """Keep ``token`` sealed until a Celery task has revoked it at Google
+    (within the caller's transaction; the task is queued once it commits)."""
+    pending = PendingRevocation(agent=agent, attempts=attempts, last_error=error[:200])
+    pending.last_attempt_at = timezone.now()
+    pending.token = token
+    pending.save()
+    pending_id = str(pending.pk)
+    transaction.on_commit(lambda: _tasks().revoke_google_token.delay(pending_id))
 
 
 def retry_revocation(*, pending: PendingRevocation) -> None:

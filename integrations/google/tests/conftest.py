@@ -38,16 +38,15 @@ def owner(client: Client, alice) -> Client:
 @pytest.fixture
 def connect(owner: Client, agent: Agent, google: StandIn) -> Callable[..., object]:
     """Connect a capability of Alice's agent the way she would: our connect button,
-    Google's consent screen, our callback. Returns the callback's response."""
+    Google's consent screen (``consent``: grant, allow, account), our callback.
+    Returns the callback's response."""
 
-    def run(
-        capability: str, *, grant: list[str] | None = None, allow: bool = True, on: Agent = agent
-    ):
+    def run(capability: str, *, on: Agent = agent, **consent):
         started = owner.post(
             reverse("integrations:google-connect", args=[on.pk]), {"capability": capability}
         )
         assert started.status_code == 303, started
-        back = google.consent(started["Location"], grant=grant, allow=allow)
+        back = google.consent(started["Location"], **consent)
         return owner.get(callback_path(back))
 
     return run

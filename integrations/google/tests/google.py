@@ -71,6 +71,8 @@ class StandIn:
         self.control_client.close()
         self.process.terminate()
         self.process.wait(timeout=10)
+        if self.process.stdout:
+            self.process.stdout.close()
         self.folder.cleanup()
 
     # --- What the control plane is configured with -----------------------------------------
@@ -111,14 +113,21 @@ class StandIn:
     # --- The owner at Google's consent screen -----------------------------------------------
 
     def consent(
-        self, authorization_url: str, *, grant: list[str] | None = None, allow: bool = True
+        self,
+        authorization_url: str,
+        *,
+        grant: list[str] | None = None,
+        allow: bool = True,
+        account: str = "owner@gmail.example",
     ) -> str:
         """Sign in at the stand-in and answer its consent form; returns where Google
         sends the browser back (our callback URL with code and state).
 
-        ``grant`` is what the owner leaves ticked (Google's granular consent)."""
+        ``grant`` is what the owner leaves ticked (Google's granular consent);
+        ``account`` the Google account signed in."""
         with httpx2.Client(timeout=30) as browser:
-            browser.post(f"{self.base_url}/_control/login").raise_for_status()
+            login = browser.post(f"{self.base_url}/_control/login", json={"account": account})
+            login.raise_for_status()
             page = browser.get(authorization_url)
             assert page.status_code == 200, page.text[:500]
             fields = hidden_fields(page.text)

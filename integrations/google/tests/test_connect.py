@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import httpx2
 import pytest
 from django.test import Client
@@ -9,6 +11,7 @@ from django.urls import reverse
 
 from agents.models import AgentEvent
 from agents.services import create_agent
+from integrations.google.flow import SESSION_KEY
 from integrations.google.models import GoogleIntegration, IntegrationStatus
 from integrations.google.tests.google import (
     CALENDAR,
@@ -213,3 +216,46 @@ def test_connect_refuses_a_capability_the_operator_switched_off(owner, agent, go
     assert b"switched off by the operator" in response.content
     assert google.log("authorize") == []
     assert 'data-state="off"' in response.content.decode()
+
+
+def test_a_state_older_than_ten_minutes_is_refused(owner, agent, google):
+    url = _started(owner, agent)
+    session = owner.session
+    session[SESSION_KEY][0]["expires"] = time.time() - 1  # as if begun 10 minutes ago
+    session.save()
+
+    response = owner.get(callback_path(google.consent(url)))
+
+    assert response.status_code == 400
+    assert not GoogleIntegration.objects.exists()
+    assert owner.session[SESSION_KEY] == []  # and it is gone
+
+
+def test_connecting_another_google_account_revokes_the_first_ones_grant(
+    connect, agent, google, django_capture_on_commit_callbacks
+):
+    connect("calendar", account="owner@gmail.example")
+    first = GoogleIntegration.objects.get(agent=agent).token
+
+    with django_capture_on_commit_callbacks(execute=True):
+        connect("gmail", account="other@gmail.example")
+
+    assert GoogleIntegration.objects.get(agent=agent).granted_scopes == {GMAIL}
+    refused = google.refresh_at_google(first["refresh_token"])
+    assert refused.json()["error"] == "invalid_grant"  # no grant left behind at Google
+    assert "another account was connected" in " ".join(
+        AgentEvent.objects.filter(agent=agent).values_list("reason", flat=True)
+    )
+
+
+def test_adding_a_service_on_the_same_account_keeps_the_grant_alive(
+    connect, agent, google, django_capture_on_commit_callbacks
+):
+    connect("calendar")
+
+    with django_capture_on_commit_callbacks(execute=True):
+        connect("gmail")
+
+    token = GoogleIntegration.objects.get(agent=agent).token
+    assert google.log("revoke") == []
+    assert google.refresh_at_google(token["refresh_token"]).status_code == 200

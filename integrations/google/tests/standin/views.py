@@ -313,7 +313,8 @@ def control(request: HttpRequest, action: str) -> HttpResponse:
             return JsonResponse({"requests": list(LOG)})
     if action == "login":
         # The Google account the consent screen is shown to.
-        user, _ = get_user_model().objects.get_or_create(username="owner@gmail.example")
+        account = body.get("account", "owner@gmail.example")
+        user, _ = get_user_model().objects.get_or_create(username=account)
         login(request, user, backend="django.contrib.auth.backends.ModelBackend")
         return JsonResponse({"ok": True})
     if action == "settings":
