@@ -14,6 +14,7 @@ urlpatterns = [
     path("dashboard/", include("agents.urls")),
     path("billing/", include("billing.urls")),
     path("api/", include("safer_claw.accounts.urls")),
+    path("api/agents/", include("billing.api_urls")),
     path("api/agents/", include("agents.api_urls")),
     path("api/agents/<uuid:agent_id>/usage", AgentUsageApi.as_view(), name="api-agent-usage"),
     path("webhooks/stripe", stripe_webhook, name="webhook-stripe"),
