@@ -318,7 +318,7 @@ def set_subscription_status(
     holds the subscription's row. Raises BillingError for an ended subscription.
     """
     if status == SubscriptionStatus.CANCELED:
-        ended = end_subscription(subscription, source=source, reason=reason, actor=actor)
+        ended = end_subscription(subscription, source=source, reason=reason, actor=actor, **fields)
         return "agent being removed" if ended else "subscription already ended"
     if subscription.status == SubscriptionStatus.CANCELED:
         raise BillingError(f"this subscription has ended; it cannot become {status}")
@@ -421,10 +421,11 @@ def after_commit(task: Any, *args: str) -> None:
 
 
 def end_subscription(
-    subscription: Subscription, *, source: str, reason: str, actor: Any = None
+    subscription: Subscription, *, source: str, reason: str, actor: Any = None, **fields: Any
 ) -> bool:
     """End what pays for the agent: its token is revoked now (the gateway refuses
-    its next call) and it is torn down. Returns False if it had ended already."""
+    its next call) and it is torn down. ``fields`` are saved with the status
+    (Stripe's ids). Returns False if it had ended already."""
     from billing.tasks import tear_down_agent
 
     with transaction.atomic():
@@ -438,6 +439,7 @@ def end_subscription(
             reason=reason,
             actor=actor,
             canceled_at=timezone.now(),
+            **fields,
         )
         agent = Agent.objects.get(pk=subscription.agent_id)
         revoke_agent_tokens(agent=agent)

@@ -505,6 +505,22 @@ class FakeStripe:
             }
             return self.event(kind, invoice)
 
+    def pay_invoice(self, failed: dict[str, Any]) -> dict[str, Any]:
+        """Stripe's retry of a failed invoice succeeds: the same invoice is paid and
+        the subscription active again. Returns that invoice's ``invoice.paid`` event."""
+        with self._lock:
+            invoice = dict(failed["data"]["object"])
+            sub = self.subscriptions[invoice["parent"]["subscription_details"]["subscription"]]
+            sub["status"] = "active"
+            invoice.update(
+                amount_paid=invoice["amount_due"],
+                amount_remaining=0,
+                attempt_count=invoice["attempt_count"] + 1,
+                next_payment_attempt=None,
+                status="paid",
+            )
+            return self.event("invoice.paid", invoice)
+
     def subscription_deleted(self, subscription_id: str) -> dict[str, Any]:
         """Stripe ends the subscription (the retries ran out, say, or the customer
         canceled in the portal)."""
