@@ -272,12 +272,13 @@ class Agent(AgentLimits):
         InvalidTransition when the lifecycle (or ``allowed_from``, for actions
         narrower than the lifecycle) forbids the change. ``changes`` are other
         fields saved in the same locked update (e.g. ``container_id``). Raises
-        PaymentRequired (an InvalidTransition) for a move to `provisioning` or
-        `running` while ``billing_active`` is off.
+        PaymentRequired (an InvalidTransition) for a move to, or a stay in,
+        `provisioning` or `running` while ``billing_active`` is off.
         """
         with transaction.atomic():
             row = Agent.objects.select_for_update().get(pk=self.pk)
             if row.status == to:
+                row.check_paid_for(to)  # a deploy under way goes no further either
                 self._sync_from(row)
                 return False
             permitted = ALLOWED_TRANSITIONS[row.status]

@@ -29,7 +29,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from agents.models import Agent, AgentStatus
+from agents.models import Agent
 from agents.services import start_new_billing_period
 from billing import stripe_client
 from billing.models import EventOutcome, StripeEvent, Subscription, SubscriptionStatus
@@ -37,7 +37,6 @@ from billing.services import end_subscription, set_subscription_status
 from billing.stripe_client import StripeFailed, StripeSubscription
 
 logger = logging.getLogger(__name__)
-S = AgentStatus
 Outcome = tuple[str, str]  # (EventOutcome, message)
 
 # Stripe's subscription statuses, as ours. Only an active one pays for its agent.
@@ -153,21 +152,27 @@ def _follow_stripe(
             f"{subscription.agent_id} was given up: refund it at Stripe, or restore the agent"
         )
     before = subscription.status
-    reason = {
-        SubscriptionStatus.ACTIVE: "payment received",
-        SubscriptionStatus.PENDING: "payment not settled yet",
-        SubscriptionStatus.CANCELED: "subscription canceled",
-    }.get(status) or (_payment_failed_reason(failed_invoice) if failed_invoice else PAST_DUE_REASON)
     happened = set_subscription_status(
         subscription,
         status,
         source="stripe",
-        reason=reason,
+        reason=_reason(status, failed_invoice),
         stripe_subscription_id=current.id,
         stripe_customer_id=current.customer_id or subscription.stripe_customer_id,
     )
     outcome = EventOutcome.OK if status != before else EventOutcome.IGNORED
     return outcome, f"{status.replace('_', ' ')}; {happened}"
+
+
+def _reason(status: str, failed_invoice: dict[str, Any] | None) -> str:
+    """Why the agent moves, as its owner and the audit trail read it."""
+    if status == SubscriptionStatus.ACTIVE:
+        return "payment received"
+    if status == SubscriptionStatus.PENDING:
+        return "payment not settled yet"
+    if status == SubscriptionStatus.CANCELED:
+        return "subscription canceled"
+    return _payment_failed_reason(failed_invoice) if failed_invoice else PAST_DUE_REASON
 
 
 def _retrieve(stripe_id: str) -> StripeSubscription:

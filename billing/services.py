@@ -303,7 +303,6 @@ def set_subscription_status(
     *,
     source: str,
     reason: str,
-    pause_reason: str = "",
     actor: Any = None,
     **fields: Any,
 ) -> str:
@@ -312,8 +311,8 @@ def set_subscription_status(
     With :func:`end_subscription` (which `canceled` goes to) the only way a
     subscription's status changes, so its agent's ``billing_active`` is always
     in step. Becoming active deploys an agent awaiting payment and resumes one
-    that billing paused; ceasing to be active pauses a running agent (saying
-    ``pause_reason``) in the same transaction. A status it already has changes
+    that billing paused; ceasing to be active pauses a running agent, with
+    ``reason`` for its owner to read, in the same transaction. A status it already has changes
     nothing but ``fields`` (Stripe's ids, say). Call inside a transaction that
     holds the subscription's row. Raises BillingError for an ended subscription.
     """
@@ -329,7 +328,7 @@ def set_subscription_status(
         return f"agent left {agent.status}"
     if status == SubscriptionStatus.ACTIVE:
         return _run_paid_agent(agent, source=source, reason=reason, actor=actor)
-    return _pause_unpaid_agent(agent, source=source, reason=pause_reason or reason)
+    return _pause_unpaid_agent(agent, source=source, reason=reason)
 
 
 def _record_status(

@@ -189,6 +189,13 @@ def test_an_agent_nothing_pays_for_cannot_go_where_it_would_run(alice, start, to
     assert agent.events.count() == 1  # only "created"
 
 
+def test_an_agent_nothing_pays_for_may_not_stay_provisioning_either(alice):
+    agent = create_agent(owner=alice, name="unpaid")
+    Agent.objects.filter(pk=agent.pk).update(status=S.PROVISIONING)  # its deploy was queued
+    with pytest.raises(PaymentRequired):
+        agent.transition(S.PROVISIONING)  # what the deploy does first
+
+
 def test_the_rule_reads_billing_active_under_the_lock_not_from_the_instance(agent):
     stale = Agent.objects.get(pk=agent.pk)
     assert stale.billing_active

@@ -240,6 +240,27 @@ def test_retrying_from_admin_refuses_an_agent_nothing_pays_for(client, alice):
     assert not agent.events.filter(to_status=S.PROVISIONING).exists()
 
 
+# --- Celery tasks ----------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_a_queued_deploy_of_an_agent_nothing_pays_for_places_nothing(alice, dead_droplet, caplog):
+    from billing.tasks import deploy_paid_agent
+
+    agent = create_agent(owner=alice, name="unpaid", provider_key="sk-test")
+    # Queued while it was paid for; the payment lapsed before the worker took it.
+    Agent.objects.filter(pk=agent.pk).update(status=S.PROVISIONING)
+
+    with caplog.at_level("INFO", logger="billing.tasks"):
+        deploy_paid_agent.delay(str(agent.pk))
+
+    assert "nothing pays for it" in caplog.text
+    agent.refresh_from_db()
+    assert (agent.droplet_id, agent.container_id) == (None, "")
+    assert not agent.tokens.exists()
+    assert Droplet.objects.get(pk=dead_droplet.pk).active_container_count == 0
+
+
 # --- The beat that resumes agents paused at a cap -------------------------------------------
 
 
