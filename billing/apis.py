@@ -52,6 +52,7 @@ def _api_error(exc: Exception) -> Exception:
 
 
 class AgentListCreateApi(AgentListApi):
+    @extend_schema_serializer(component_name="NewAgent")
     class InputSerializer(serializers.Serializer):
         plan = serializers.CharField(
             max_length=64, help_text="The name of an offered plan, as on the plan chooser."

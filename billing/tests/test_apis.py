@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+import schemathesis
+from django.core.handlers.wsgi import WSGIHandler
 from knox.models import AuthToken
 from rest_framework.test import APIClient
 
@@ -176,3 +178,21 @@ def test_the_list_is_still_the_users_own_agents(stripe_api, plan, alice, bob):
     assert response.status_code == 200
     assert response.json() == []
     assert APIClient().get("/api/agents/").status_code == 401
+
+
+# Transactional: each WSGI request ends with Django closing its database connection.
+@pytest.mark.django_db(transaction=True)
+def test_a_created_agent_is_what_the_schema_documents(stripe_api, alice):
+    PlanFactory(name="Basic")
+    schema = schemathesis.openapi.from_wsgi("/api/schema/", WSGIHandler())
+    case = schema["/api/agents/"]["POST"].Case(
+        body={"plan": "Basic", "name": "scribe", "provider_key": "sk-test"},
+        media_type="application/json",
+    )
+
+    response = case.call_and_validate(  # raises if the answer is not as documented
+        headers={"Authorization": f"Token {AuthToken.objects.create(alice)[1]}"}
+    )
+
+    assert response.status_code == 201
+    assert response.json()["checkout_url"].startswith(stripe_api.url)
