@@ -1,11 +1,12 @@
-"""/api/agents/… (DESIGN.md's paths); /usage is gateway.apis.AgentUsageApi."""
+"""/api/agents/<id>/… (DESIGN.md's paths). /api/agents/ itself (list, create) is
+billing.apis, since creating an agent starts paying for it; /usage is
+gateway.apis.AgentUsageApi."""
 
 from django.urls import path
 
 from agents import apis
 
 urlpatterns = [
-    path("", apis.AgentListCreateApi.as_view(), name="api-agents"),
     path("<uuid:agent_id>/", apis.AgentDetailApi.as_view(), name="api-agent"),
     path("<uuid:agent_id>/status", apis.AgentStatusApi.as_view(), name="api-agent-status"),
     path("<uuid:agent_id>/start", apis.AgentStartApi.as_view(), name="api-agent-start"),

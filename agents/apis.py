@@ -2,8 +2,9 @@
 
 Every view goes through ``AgentApi.get_agent``: another user's agent, or one
 that is deleted, answers 404, never 403. Lifecycle errors become the API's
-error shape in ``AgentApi.handle_exception``: 409 for a wrong state, 503 for a
-droplet that cannot be reached.
+error shape in ``AgentApi.handle_exception``: 402 for an agent nothing pays
+for, 409 for a wrong state, 503 for a droplet that cannot be reached.
+Creating an agent is a billing act: ``POST /api/agents/`` is billing.apis.
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ from rest_framework.throttling import UserRateThrottle
 from rest_framework.views import APIView
 
 from agents.kill_switch import rotate_kill_secret
-from agents.models import Agent, AgentStatus, AIProvider, InvalidTransition
-from agents.services import DeployFailed, create_agent, delete_agent, start_agent, stop_agent
+from agents.models import Agent, AgentStatus, AIProvider, InvalidTransition, PaymentRequired
+from agents.services import DeployFailed, delete_agent, start_agent, stop_agent
 from droplets.containers import container_logs, container_state, container_stats
 from droplets.docker_client import DropletError, DropletUnreachable
 from droplets.models import Droplet
@@ -49,6 +50,12 @@ class Conflict(APIException):
     status_code = status.HTTP_409_CONFLICT
     default_code = "invalid_state"
     default_detail = "The agent is not in a state that allows this."
+
+
+class PaymentRequiredError(APIException):
+    status_code = status.HTTP_402_PAYMENT_REQUIRED
+    default_code = "payment_required"
+    default_detail = "Nothing pays for this agent: its subscription is not active."
 
 
 class DropletUnavailable(APIException):
@@ -119,6 +126,8 @@ def _api_error(exc: Exception) -> Exception:
     if isinstance(exc, Http404):
         # The project's handler shapes DRF's own exceptions; Django's 404 is not one.
         return NotFound()
+    if isinstance(exc, PaymentRequired):
+        return PaymentRequiredError(str(exc))
     if isinstance(exc, InvalidTransition):
         return Conflict(str(exc), code="invalid_state")
     if isinstance(exc, DropletUnreachable):
@@ -135,36 +144,10 @@ def _api_error(exc: Exception) -> Exception:
     return exc
 
 
-# --- List, create, get, delete ----------------------------------------------------------
+# --- List, get, delete ----------------------------------------------------------------
 
 
-class AgentListCreateApi(AgentApi):
-    class InputSerializer(serializers.Serializer):
-        name = serializers.CharField(max_length=64)
-        ai_provider = serializers.ChoiceField(choices=AIProvider.choices, default=AIProvider.OPENAI)
-        provider_key = serializers.CharField(
-            write_only=True, required=False, allow_blank=True, max_length=500, trim_whitespace=True
-        )
-        # Lower than the defaults only: what a plan grants is set by billing.
-        daily_token_cap = serializers.IntegerField(
-            required=False,
-            min_value=0,
-            max_value=Agent._meta.get_field("daily_token_cap").default,
-        )
-        monthly_cost_cap = serializers.DecimalField(
-            required=False,
-            max_digits=10,
-            decimal_places=2,
-            min_value=0,
-            max_value=Agent._meta.get_field("monthly_cost_cap").default,
-        )
-
-    @extend_schema_serializer(component_name="CreatedAgent")
-    class CreatedSerializer(AgentOutputSerializer):
-        kill_secret = serializers.CharField(
-            help_text="The agent's own kill switch secret; shown this once."
-        )
-
+class AgentListApi(AgentApi):
     @extend_schema(responses={200: AgentOutputSerializer(many=True), **ERRORS})
     def get(self, request: Request) -> Response:
         agents = (
@@ -173,25 +156,6 @@ class AgentListCreateApi(AgentApi):
             .select_related("droplet")
         )
         return Response(AgentOutputSerializer(agents, many=True).data)
-
-    @extend_schema(
-        request=InputSerializer,
-        responses={201: CreatedSerializer, 400: ErrorSerializer, **ERRORS},
-    )
-    def post(self, request: Request) -> Response:
-        serializer = self.InputSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        data = serializer.validated_data
-        agent = create_agent(
-            owner=request.user,
-            name=data.pop("name"),
-            provider=data.pop("ai_provider"),
-            provider_key=data.pop("provider_key", None) or None,
-            actor=request.user,
-            source="owner",
-            **data,
-        )
-        return Response(self.CreatedSerializer(agent).data, status=status.HTTP_201_CREATED)
 
 
 class AgentDetailApi(AgentApi):
@@ -223,9 +187,10 @@ ACTION_RESPONSES = {
 class AgentStartApi(AgentApi):
     @extend_schema(
         request=None,
-        responses=ACTION_RESPONSES,
+        responses={**ACTION_RESPONSES, 402: ErrorSerializer},
         description="Run a stopped, paused or killed agent again. A killed agent "
-        "starts afresh in a new container with a new token.",
+        "starts afresh in a new container with a new token. 402 when nothing pays "
+        "for the agent (its subscription is not active).",
     )
     def post(self, request: Request, agent_id: Any) -> Response:
         agent = start_agent(agent=self.get_agent(agent_id), actor=request.user, source="owner")

@@ -66,13 +66,30 @@ ALLOWED_TRANSITIONS: dict[str, frozenset[str]] = {
 }
 
 
+# The states in which an agent runs, or is being made to run: it may enter them
+# only while something pays for it (DESIGN.md trust boundary 5).
+PAID_STATES = frozenset({S.PROVISIONING, S.RUNNING})
+
+
 class InvalidTransition(Exception):
     """The agent's current state does not allow the requested change."""
 
-    def __init__(self, current: str, requested: str) -> None:
+    def __init__(self, current: str, requested: str, message: str = "") -> None:
         self.current = current
         self.requested = requested
-        super().__init__(f"agent is {current}; it cannot go to {requested}")
+        super().__init__(message or f"agent is {current}; it cannot go to {requested}")
+
+
+class PaymentRequired(InvalidTransition):
+    """The change would run the agent, and nothing pays for it (``billing_active`` is off)."""
+
+    def __init__(self, current: str, requested: str) -> None:
+        super().__init__(
+            current,
+            requested,
+            f"agent is {current}; it cannot go to {requested} because nothing pays for it: "
+            "its subscription is not active",
+        )
 
 
 class AIProvider(models.TextChoices):
@@ -228,6 +245,16 @@ class Agent(AgentLimits):
     def memory_limit_bytes(self) -> int:
         return memory_limit_bytes(self.memory_limit)
 
+    def check_paid_for(self, to: str) -> None:
+        """Raise PaymentRequired if going to ``to`` would run an agent nothing pays for.
+
+        The one rule of DESIGN.md's trust boundary 5. ``transition`` applies it
+        under the row lock, so every path to a container goes through it; a
+        service may also ask before it touches a droplet.
+        """
+        if to in PAID_STATES and not self.billing_active:
+            raise PaymentRequired(self.status, to)
+
     def transition(
         self,
         to: str,
@@ -244,11 +271,14 @@ class Agent(AgentLimits):
         so a retried task or a redelivered webhook changes nothing. Raises
         InvalidTransition when the lifecycle (or ``allowed_from``, for actions
         narrower than the lifecycle) forbids the change. ``changes`` are other
-        fields saved in the same locked update (e.g. ``container_id``).
+        fields saved in the same locked update (e.g. ``container_id``). Raises
+        PaymentRequired (an InvalidTransition) for a move to, or a stay in,
+        `provisioning` or `running` while ``billing_active`` is off.
         """
         with transaction.atomic():
             row = Agent.objects.select_for_update().get(pk=self.pk)
             if row.status == to:
+                row.check_paid_for(to)  # a deploy under way goes no further either
                 self._sync_from(row)
                 return False
             permitted = ALLOWED_TRANSITIONS[row.status]
@@ -256,6 +286,7 @@ class Agent(AgentLimits):
                 permitted = frozenset()
             if to not in permitted:
                 raise InvalidTransition(row.status, to)
+            row.check_paid_for(to)
             AgentEvent.objects.create(
                 agent=row,
                 actor=actor,

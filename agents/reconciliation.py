@@ -7,6 +7,8 @@ the agents placed there, and drift is repaired:
   `failed` with the reason, and its slot is given back;
 - an agent that should not be running (stopped, paused, killed) but whose
   container runs has it stopped;
+- a running agent that nothing pays for any more (``billing_active`` off) is
+  paused and its container stopped: the backstop of the paid-only rule;
 - a labelled container that no live agent owns is removed;
 - a deployment that died half-way (a slot held, no container, for too long)
   is marked `failed`;
@@ -42,12 +44,14 @@ logger = logging.getLogger(__name__)
 S = AgentStatus
 AGENT_LABEL = "saferclaw.agent"
 STALLED_DEPLOY_AFTER = dt.timedelta(minutes=10)
+UNPAID_REASON = "paused: nothing pays for it (its subscription is not active)"
 
 
 @dataclass
 class Repairs:
     failed: list[str] = field(default_factory=list)
     stopped: list[str] = field(default_factory=list)
+    paused_unpaid: list[str] = field(default_factory=list)
     removed_orphans: list[str] = field(default_factory=list)
     count_fixed: tuple[int, int] | None = None
 
@@ -87,6 +91,8 @@ def _reconcile_agent(agent: Agent, container: ContainerSummary | None, repairs: 
         reason = _why_it_died(agent.droplet, container.id)
         remove_container(agent.droplet, container.id)
         _fail(agent, reason, repairs)
+    elif agent.status == S.RUNNING and not agent.billing_active:
+        _pause_unpaid(agent, container, repairs)
     elif agent.status != S.RUNNING and container.status in ("running", "restarting"):
         stop_container(agent.droplet, container.id)
         repairs.stopped.append(str(agent.id))
@@ -101,6 +107,19 @@ def _why_it_died(droplet: Droplet, container_id: str) -> str:
     if state.restart_count:
         reason += f", after {state.restart_count} restart(s)"
     return reason
+
+
+def _pause_unpaid(agent: Agent, container: ContainerSummary, repairs: Repairs) -> None:
+    with transaction.atomic():
+        # Read again under the lock: billing may have activated it since the listing.
+        row = Agent.objects.select_for_update().get(pk=agent.pk)
+        if row.billing_active or row.status != S.RUNNING:
+            return
+        row.transition(S.PAUSED, source="reconcile", reason=UNPAID_REASON)
+    if container.status in ("running", "restarting"):
+        stop_container(agent.droplet, container.id)
+    repairs.paused_unpaid.append(str(agent.id))
+    logger.warning("reconcile: paused agent %s, which nothing pays for", agent.id)
 
 
 def _fail(agent: Agent, reason: str, repairs: Repairs) -> None:

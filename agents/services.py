@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import secrets
 import socket
@@ -18,6 +19,7 @@ from agents.models import (
     AgentStatus,
     AIProvider,
     InvalidTransition,
+    PaymentRequired,
 )
 from agents.tokens import issue_agent_token, revoke_agent_tokens
 from droplets.containers import (
@@ -133,7 +135,9 @@ def deploy_agent(
     Idempotent: an agent already running, or being deployed by someone else,
     is left alone. On failure the slot is given back and, with ``mark_failed``,
     the agent ends `failed` with the reason; without it (a task that will
-    retry) it stays `provisioning`. Raises DeployFailed either way.
+    retry) it stays `provisioning`. Raises DeployFailed either way, and
+    PaymentRequired when nothing pays for the agent (before anything is placed,
+    or, if its payment lapsed meanwhile, once its new container is removed).
     """
     agent.refresh_from_db()
     if agent.status == S.RUNNING:
@@ -177,11 +181,13 @@ def deploy_agent(
                 allowed_from=frozenset({S.PROVISIONING}),
                 container_id=container_id,
             )
-        except InvalidTransition:
+        except InvalidTransition as exc:
             revoke_agent_tokens(agent=agent)
             remove_container(droplet, container_id)
             _free_slot(agent, droplet.pk)
             agent.refresh_from_db()
+            if isinstance(exc, PaymentRequired):
+                raise
         return agent
 
 
@@ -212,10 +218,14 @@ def _deploy_failed(agent: Agent, reason: str, *, permanent: bool, mark_failed: b
 
 
 def start_agent(*, agent: Agent, actor: Any = None, source: str = "owner") -> Agent:
-    """Run a stopped, paused or killed agent again (its container if it still has one)."""
+    """Run a stopped, paused or killed agent again (its container if it still has one).
+
+    Raises PaymentRequired, before any droplet is touched, when nothing pays for it.
+    """
     agent.refresh_from_db()
     if agent.status == S.RUNNING:
         return agent
+    agent.check_paid_for(S.RUNNING)
     if agent.status not in (S.STOPPED, S.PAUSED, S.KILLED):
         raise InvalidTransition(agent.status, S.RUNNING)
     # A killed agent's container holds the token the kill revoked: start afresh.
@@ -229,7 +239,14 @@ def start_agent(*, agent: Agent, actor: Any = None, source: str = "owner") -> Ag
             raise
         _discard_container(agent)  # removed behind our back: deploy anew
         return deploy_agent(agent=agent, actor=actor, source=source)
-    agent.transition(S.RUNNING, actor=actor, source=source, reason="started")
+    try:
+        agent.transition(S.RUNNING, actor=actor, source=source, reason="started")
+    except InvalidTransition:
+        # Killed, deleted or no longer paid for while the container started: it
+        # must not run. If the droplet stops answering, reconciliation stops it.
+        with contextlib.suppress(DropletError):
+            stop_container(agent.droplet, agent.container_id)
+        raise
     return agent
 
 

@@ -113,12 +113,13 @@ def run_benchmark(env: dict[str, str], count: int) -> None:
 
 def measure_ours(owner, droplet, count: int) -> dict[str, list[float]]:
     from agents.services import create_agent, deploy_agent, stop_agent
+    from agents.tests.factories import paid
     from droplets.containers import container_state
 
     timings: dict[str, list[float]] = {"deploy": [], "stop": []}
     agents = []
     for i in range(count):
-        agent = create_agent(owner=owner, name=f"{droplet.name}-{i}", provider_key="sk-bench")
+        agent = paid(create_agent(owner=owner, name=f"{droplet.name}-{i}", provider_key="sk-bench"))
         started = time.perf_counter()
         agent = deploy_agent(agent=agent)
         timings["deploy"].append(time.perf_counter() - started)

@@ -88,11 +88,12 @@ def measure(owner, droplet, engine, count: int) -> dict[str, list[float]]:
     from django.test import Client
 
     from agents.services import create_agent, deploy_agent
+    from agents.tests.factories import paid
 
     client = Client()
     timings: dict[str, list[float]] = {"token": [], "stopped": [], "response": []}
     for i in range(count):
-        agent = deploy_agent(agent=create_agent(owner=owner, name=f"kill-{i}"))
+        agent = deploy_agent(agent=paid(create_agent(owner=owner, name=f"kill-{i}")))
         token = container_env(engine, agent.container_id)["AGENT_TOKEN"]
         token_refused = Watch(lambda token=token: token_is_refused(token))
         stopped = Watch(lambda cid=agent.container_id: not is_running(engine, cid))

@@ -85,8 +85,8 @@ class PlanAdmin(admin.ModelAdmin):
 
 @admin.register(Subscription)
 class SubscriptionAdmin(ReadOnlyAdmin):
-    list_display = ["agent", "owner", "plan", "status", "dev_mode", "created_at"]
-    list_filter = ["status", "plan", "dev_mode"]
+    list_display = ["agent", "owner", "plan", "status", "dev_mode", "complimentary", "created_at"]
+    list_filter = ["status", "plan", "dev_mode", "complimentary"]
     search_fields = [
         "agent__name",
         "owner__email",

@@ -5,6 +5,15 @@ as everything the handler changes: a redelivery, or a second delivery racing
 the first, collides on the primary key and does nothing. Slow work (Docker)
 is queued to Celery only when that transaction commits. Each event row keeps
 its handler's outcome.
+
+Stripe neither orders nor deduplicates events across types: an
+``invoice.payment_failed`` may arrive after the ``invoice.paid`` that settled
+the same invoice. So an event is only a prompt. Its handler reads the
+subscription from Stripe's API, as it is now, while holding our row's lock,
+and brings ours to that state (:func:`_follow_stripe`): whatever the delivery
+order, the last event handled leaves the state Stripe has. (Comparing events'
+``created`` instead would not do: it counts whole seconds, and the newest
+event can still predate a change whose event is yet to come.)
 """
 
 from __future__ import annotations
@@ -20,14 +29,31 @@ from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from agents.models import AgentStatus
+from agents.models import Agent
 from agents.services import start_new_billing_period
+from billing import stripe_client
 from billing.models import EventOutcome, StripeEvent, Subscription, SubscriptionStatus
-from billing.services import activate_subscription, after_commit, end_subscription
+from billing.services import end_subscription, set_subscription_status
+from billing.stripe_client import StripeFailed, StripeSubscription
 
 logger = logging.getLogger(__name__)
-S = AgentStatus
 Outcome = tuple[str, str]  # (EventOutcome, message)
+
+# Stripe's subscription statuses, as ours. Only an active one pays for its agent.
+STRIPE_STATUSES = {
+    "active": SubscriptionStatus.ACTIVE,
+    "trialing": SubscriptionStatus.ACTIVE,
+    "incomplete": SubscriptionStatus.PENDING,  # the first payment is not made, or not settled
+    "past_due": SubscriptionStatus.PAST_DUE,
+    "unpaid": SubscriptionStatus.PAST_DUE,
+    "paused": SubscriptionStatus.PAST_DUE,
+    "canceled": SubscriptionStatus.CANCELED,
+    "incomplete_expired": SubscriptionStatus.CANCELED,
+}
+PAST_DUE_REASON = (
+    "The subscription's last payment failed. Update your card under Manage billing "
+    "and pay the invoice to resume."
+)
 
 
 class EventRefused(Exception):
@@ -92,34 +118,86 @@ def handle_event(data: dict[str, Any]) -> Outcome:
     return handler(data["data"]["object"])
 
 
+# --- Following Stripe --------------------------------------------------------------------
+
+
+def _follow_stripe(
+    subscription: Subscription, stripe_id: str, *, failed_invoice: dict[str, Any] | None = None
+) -> Outcome:
+    """Bring ``subscription`` (locked by the caller) to its Stripe subscription's state now.
+
+    Reading Stripe under our row's lock orders the handlers: each reads the
+    state at least as new as the one before it wrote. ``failed_invoice`` gives
+    the reason shown to the owner when the agent is paused for it.
+    """
+    current = _retrieve(stripe_id)
+    named = _uuid(current.metadata.get("agent_id"))
+    if named is not None and named != subscription.agent_id:
+        raise EventRefused(
+            f"subscription {current.id} names agent {named}, not {subscription.agent_id}"
+        )
+    if subscription.stripe_subscription_id not in ("", current.id):
+        raise EventRefused(
+            f"subscription {current.id} is for agent {subscription.agent_id}, which is paid "
+            f"by {subscription.stripe_subscription_id}"
+        )
+    status = STRIPE_STATUSES.get(current.status)
+    if status is None:
+        raise EventRefused(f"subscription {current.id} is {current.status!r}, a status not known")
+    if subscription.status == SubscriptionStatus.CANCELED:
+        if status == SubscriptionStatus.CANCELED:
+            return EventOutcome.IGNORED, "subscription already ended"
+        raise EventRefused(
+            f"subscription {current.id} is {current.status} at Stripe after agent "
+            f"{subscription.agent_id} was given up: refund it at Stripe, or restore the agent"
+        )
+    before = subscription.status
+    happened = set_subscription_status(
+        subscription,
+        status,
+        source="stripe",
+        reason=_reason(status, failed_invoice),
+        stripe_subscription_id=current.id,
+        stripe_customer_id=current.customer_id or subscription.stripe_customer_id,
+    )
+    outcome = EventOutcome.OK if status != before else EventOutcome.IGNORED
+    return outcome, f"{status.replace('_', ' ')}; {happened}"
+
+
+def _reason(status: str, failed_invoice: dict[str, Any] | None) -> str:
+    """Why the agent moves, as its owner and the audit trail read it."""
+    if status == SubscriptionStatus.ACTIVE:
+        return "payment received"
+    if status == SubscriptionStatus.PENDING:
+        return "payment not settled yet"
+    if status == SubscriptionStatus.CANCELED:
+        return "subscription canceled"
+    return _payment_failed_reason(failed_invoice) if failed_invoice else PAST_DUE_REASON
+
+
+def _retrieve(stripe_id: str) -> StripeSubscription:
+    try:
+        return stripe_client.retrieve_subscription(stripe_id)
+    except StripeFailed as exc:
+        if exc.permanent:  # Stripe does not know it: sending the event again will not help
+            raise EventRefused(str(exc)) from exc
+        raise  # handled again when Stripe sends the event again
+
+
 # --- Checkout -------------------------------------------------------------------------------
 
 
 def on_checkout_completed(session: dict[str, Any]) -> Outcome:
-    """Paid: the agent goes to `provisioning` and its deploy is queued."""
+    """Paid (or a bank debit started): the agent follows its new subscription."""
     if session.get("mode") != "subscription":
         return EventOutcome.IGNORED, "not a subscription checkout"
     subscription = _subscription_for_checkout(session)
     if subscription is None:
         return EventOutcome.IGNORED, f"checkout {session['id']} is not one of ours"
-    if session.get("payment_status") not in ("paid", "no_payment_required"):
-        # Bank debits and the like settle later: async_payment_succeeded follows.
-        return EventOutcome.IGNORED, "payment not settled yet"
-    if subscription.status == SubscriptionStatus.CANCELED:
-        raise EventRefused(
-            f"checkout {session['id']} was paid after agent {subscription.agent_id} was "
-            "given up: refund it at Stripe, or restore the agent"
-        )
-    activated = activate_subscription(
-        subscription,
-        source="stripe",
-        reason="payment received",
-        stripe_subscription_id=_id(session.get("subscription")),
-        stripe_customer_id=_id(session.get("customer")),
-    )
-    if not activated:
-        return EventOutcome.IGNORED, f"subscription already {subscription.status}"
-    return EventOutcome.OK, f"agent {subscription.agent_id} provisioning; deploy queued"
+    stripe_id = _id(session.get("subscription"))
+    if not stripe_id:
+        return EventOutcome.IGNORED, "the checkout has made no subscription yet"
+    return _follow_stripe(subscription, stripe_id)
 
 
 def on_checkout_expired(session: dict[str, Any]) -> Outcome:
@@ -150,51 +228,40 @@ def _subscription_for_checkout(session: dict[str, Any]) -> Subscription | None:
 
 
 def on_invoice_paid(invoice: dict[str, Any]) -> Outcome:
-    """A renewal (or the first payment): the monthly cost counter starts a new
-    period, and an agent paused for a failed payment runs again."""
-    from billing.tasks import resume_paid_agent
-
-    subscription = _subscription_for_invoice(invoice)
-    if subscription is None or subscription.status == SubscriptionStatus.CANCELED:
-        return EventOutcome.IGNORED, "no live subscription of ours"
+    """A payment: the agent follows its subscription, and the monthly cost counter
+    starts the period the invoice paid for (a period not after the current one,
+    as from a late delivery, changes nothing)."""
+    found = _subscription_for_invoice(invoice)
+    if found is None:
+        return EventOutcome.IGNORED, "no subscription of ours"
+    subscription, stripe_id = found
+    outcome, message = _follow_stripe(subscription, stripe_id)
+    subscription = Subscription.objects.get(pk=subscription.pk)
+    if subscription.status == SubscriptionStatus.CANCELED:
+        return outcome, message
     started = _period_start(invoice)
-    new_period = start_new_billing_period(
-        agent=subscription.agent, started_at=started, source="stripe"
-    )
-    messages = [f"period from {started:%Y-%m-%d}" if new_period else "period already started"]
+    agent = Agent.objects.get(pk=subscription.agent_id)
+    if start_new_billing_period(agent=agent, started_at=started, source="stripe"):
+        outcome, message = EventOutcome.OK, f"{message}; period from {started:%Y-%m-%d}"
+    else:
+        message = f"{message}; period already started"
     if subscription.current_period_start is None or started > subscription.current_period_start:
         subscription.current_period_start = started
-    if subscription.status == SubscriptionStatus.PAST_DUE:
-        subscription.status = SubscriptionStatus.ACTIVE
-        if subscription.agent.status == S.PAUSED:
-            after_commit(resume_paid_agent, str(subscription.agent_id))
-            messages.append("agent resuming")
-    subscription.save()
-    return EventOutcome.OK, "; ".join(messages)
+        subscription.save(update_fields=["current_period_start", "updated_at"])
+    return outcome, message
 
 
 def on_invoice_payment_failed(invoice: dict[str, Any]) -> Outcome:
-    """The agent is paused with a reason its owner sees; its container stops."""
-    from billing.tasks import stop_paused_agent
-
-    subscription = _subscription_for_invoice(invoice)
-    if subscription is None or subscription.status not in (
-        SubscriptionStatus.ACTIVE,
-        SubscriptionStatus.PAST_DUE,
-    ):
-        return EventOutcome.IGNORED, "no paid-up subscription of ours"
-    subscription.status = SubscriptionStatus.PAST_DUE
-    subscription.save()
-    agent = subscription.agent
-    if agent.status not in (S.RUNNING, S.PROVISIONING):
-        return EventOutcome.OK, f"past due; agent left {agent.status}"
-    reason = _payment_failed_reason(invoice)
-    agent.transition(S.PAUSED, source="stripe", reason=reason)
-    after_commit(stop_paused_agent, str(agent.pk))
-    return EventOutcome.OK, f"agent paused: {reason}"
+    """A payment failed: if the subscription is still unpaid at Stripe, the agent is
+    paused with the invoice's reason, shown to its owner."""
+    found = _subscription_for_invoice(invoice)
+    if found is None:
+        return EventOutcome.IGNORED, "no subscription of ours"
+    subscription, stripe_id = found
+    return _follow_stripe(subscription, stripe_id, failed_invoice=invoice)
 
 
-def _subscription_for_invoice(invoice: dict[str, Any]) -> Subscription | None:
+def _subscription_for_invoice(invoice: dict[str, Any]) -> tuple[Subscription, str] | None:
     # Since API version 2025-03-31 the subscription is under parent; before,
     # it was a top-level field. Endpoints pinned to either may call us.
     details = (invoice.get("parent") or {}).get("subscription_details") or {}
@@ -202,7 +269,10 @@ def _subscription_for_invoice(invoice: dict[str, Any]) -> Subscription | None:
     metadata = details.get("metadata") or (invoice.get("subscription_details") or {}).get(
         "metadata"
     )
-    return _subscription_for_stripe(stripe_id, metadata or {})
+    if not stripe_id:
+        return None  # a one-off invoice: no subscription of ours is billed by it
+    subscription = _subscription_for_stripe(stripe_id, metadata or {})
+    return (subscription, stripe_id) if subscription else None
 
 
 def _period_start(invoice: dict[str, Any]) -> dt.datetime:
@@ -232,17 +302,14 @@ def _payment_failed_reason(invoice: dict[str, Any]) -> str:
 # --- Subscriptions ------------------------------------------------------------------------
 
 
-def on_subscription_deleted(stripe_subscription: dict[str, Any]) -> Outcome:
-    """Canceled for good: the container is stopped and removed, the slot freed,
-    the agent `deleted`."""
-    subscription = _subscription_for_stripe(
-        stripe_subscription["id"], stripe_subscription.get("metadata") or {}
-    )
+def on_subscription_changed(stripe_subscription: dict[str, Any]) -> Outcome:
+    """Updated or deleted: the agent follows (canceled for good: its container is
+    removed, its slot freed, the agent `deleted`)."""
+    stripe_id = stripe_subscription["id"]
+    subscription = _subscription_for_stripe(stripe_id, stripe_subscription.get("metadata") or {})
     if subscription is None:
         return EventOutcome.IGNORED, "not a subscription of ours"
-    if not end_subscription(subscription, source="stripe", reason="subscription canceled"):
-        return EventOutcome.IGNORED, "subscription already ended"
-    return EventOutcome.OK, f"agent {subscription.agent_id} being torn down"
+    return _follow_stripe(subscription, stripe_id)
 
 
 def _subscription_for_stripe(stripe_id: str, metadata: dict[str, Any]) -> Subscription | None:
@@ -283,5 +350,6 @@ HANDLERS: dict[str, Callable[[dict[str, Any]], Outcome]] = {
     "checkout.session.expired": on_checkout_expired,
     "invoice.paid": on_invoice_paid,
     "invoice.payment_failed": on_invoice_payment_failed,
-    "customer.subscription.deleted": on_subscription_deleted,
+    "customer.subscription.updated": on_subscription_changed,
+    "customer.subscription.deleted": on_subscription_changed,
 }

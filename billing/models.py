@@ -136,6 +136,11 @@ class Subscription(models.Model):
     dev_mode = models.BooleanField(
         "development mode", default=False, help_text="Activated without payment (no Stripe keys)."
     )
+    complimentary = models.BooleanField(
+        default=False,
+        help_text="Granted by an operator without payment (create_agent --complimentary); "
+        "the agent's events say why.",
+    )
     stripe_customer_id = models.CharField(max_length=100, blank=True)
     stripe_checkout_session_id = models.CharField(max_length=255, blank=True)
     checkout_url = models.TextField(blank=True, help_text="Stripe's hosted checkout page.")

@@ -24,7 +24,14 @@ from django.db.models import QuerySet
 from django.urls import reverse
 from django.utils import timezone
 
-from agents.models import Agent, AgentStatus, InvalidTransition
+from agents.models import (
+    PAID_STATES,
+    Agent,
+    AgentEvent,
+    AgentStatus,
+    InvalidTransition,
+    PaymentRequired,
+)
 from agents.services import apply_agent_limits, create_agent
 from agents.tokens import revoke_agent_tokens
 from billing import stripe_client
@@ -45,6 +52,19 @@ class BillingMode(enum.StrEnum):
 
 class BillingError(Exception):
     """A billing action cannot be done; the message is for the person who asked."""
+
+
+class BillingUnavailable(BillingError):
+    """Billing is off here, or Stripe cannot be reached: try again later."""
+
+
+class PlanFull(BillingError):
+    """The owner holds as many agents as the plan allows."""
+
+
+# Sources of the pauses billing makes when a subscription stops paying, so
+# that only those are lifted when it pays again (not an owner's, not a cap's).
+PAYMENT_PAUSE_SOURCES = ("stripe", "billing")
 
 
 def billing_mode() -> BillingMode:
@@ -76,6 +96,7 @@ def places_left(*, owner: Any, plan: Plan) -> int:
 class CheckoutStarted:
     agent: Agent
     redirect_url: str  # Stripe's checkout page; in development mode, the agent's page
+    checkout_url: str | None  # Stripe's checkout page; None when active at once
 
 
 def start_checkout(
@@ -86,18 +107,25 @@ def start_checkout(
     provider: str,
     provider_key: str | None,
     absolute_url: Callable[[str], str],
+    actor: Any,
+    source: str = "owner",
+    limits: dict[str, Any] | None = None,
 ) -> CheckoutStarted:
     """Create the agent, awaiting payment, and the checkout that pays for it.
 
+    The only way an owner gets an agent (dashboard, API, operator command).
     With Stripe the owner is then sent to a hosted Checkout Session
     (subscription mode, their Stripe customer reused); the agent is deployed
     when Stripe reports the payment. In development mode the plan is active at
-    once and the deploy queued. Raises ValidationError (a bad name, say) or
-    BillingError (plan not offered, no place left, Stripe unavailable).
+    once and the deploy queued. ``actor`` and ``source`` say who asked (the
+    owner, or an operator); ``limits`` may lower the plan's, never raise them.
+    Raises ValidationError (a bad name, a limit above the plan), PlanFull (no
+    place left on the plan), BillingUnavailable (billing off, Stripe
+    unavailable) or BillingError (plan not offered).
     """
     mode = billing_mode()
     if mode == BillingMode.OFF:
-        raise BillingError(
+        raise BillingUnavailable(
             "Billing is not set up on this server, so no agent can be started yet. "
             "Please tell the operator."
         )
@@ -107,11 +135,16 @@ def start_checkout(
         name=name,
         provider=provider,
         provider_key=provider_key,
+        limits=limits or {},
+        actor=actor,
+        source=source,
         dev_mode=mode == BillingMode.DEVELOPMENT,
     )
-    agent_url = absolute_url(reverse("billing:agent", args=[subscription.agent_id]))
+    agent = subscription.agent
+    agent.refresh_from_db()  # development mode has moved it on
+    agent_url = absolute_url(reverse("billing:agent", args=[agent.pk]))
     if mode == BillingMode.DEVELOPMENT:
-        return CheckoutStarted(agent=subscription.agent, redirect_url=agent_url)
+        return CheckoutStarted(agent=agent, redirect_url=agent_url, checkout_url=None)
     try:
         session = _open_checkout(subscription, agent_url=agent_url, absolute_url=absolute_url)
     except StripeFailed as exc:
@@ -119,11 +152,46 @@ def start_checkout(
         end_subscription(
             subscription, source="billing", reason=f"checkout could not be started: {exc}"
         )
-        raise BillingError(
+        raise BillingUnavailable(
             "Stripe could not open the checkout, and nothing was charged. "
             "Please try again in a moment."
         ) from exc
-    return CheckoutStarted(agent=subscription.agent, redirect_url=session.url)
+    return CheckoutStarted(agent=agent, redirect_url=session.url, checkout_url=session.url)
+
+
+def grant_complimentary(
+    *,
+    owner: Any,
+    plan: Plan,
+    name: str,
+    provider: str,
+    provider_key: str | None,
+    reason: str,
+) -> Agent:
+    """An operator gives ``owner`` an agent on ``plan`` that nobody pays for.
+
+    Recorded as a complimentary subscription, active (and the agent's deploy
+    queued) at once, with ``reason`` in the agent's audit trail; it takes a
+    place on the plan like any other. Any plan may be granted, offered or not,
+    in any billing mode. Raises ValidationError, PlanFull, or BillingError for
+    a grant without a reason.
+    """
+    if not reason.strip():
+        raise BillingError("Say why the agent is complimentary: it is kept in its audit trail.")
+    subscription = _create_subscribed_agent(
+        owner=owner,
+        plan=plan,
+        name=name,
+        provider=provider,
+        provider_key=provider_key,
+        limits={},
+        actor=None,
+        source="operator",
+        complimentary_reason=reason.strip(),
+    )
+    agent = subscription.agent
+    agent.refresh_from_db()  # active at once: it has moved on
+    return agent
 
 
 @transaction.atomic
@@ -134,37 +202,62 @@ def _create_subscribed_agent(
     name: str,
     provider: str,
     provider_key: str | None,
-    dev_mode: bool,
+    limits: dict[str, Any],
+    actor: Any,
+    source: str,
+    dev_mode: bool = False,
+    complimentary_reason: str = "",
 ) -> Subscription:
     # The owner's row lock serialises their checkouts: two started at once
     # cannot both take the last place on a plan.
     get_user_model().objects.select_for_update().get(pk=owner.pk)
-    if not offered_plans().filter(pk=plan.pk).exists():
+    if not complimentary_reason and not offered_plans().filter(pk=plan.pk).exists():
         raise BillingError(f"The {plan.name} plan is not offered any more.")
     if places_left(owner=owner, plan=plan) < 1:
-        raise BillingError(
+        raise PlanFull(
             f"Your {plan.name} plan allows {plan.max_agents} agent(s), and you have them all. "
             "Delete one, or choose another plan."
         )
+    _refuse_limits_above(plan, limits)
     agent = create_agent(
         owner=owner,
         name=name,
         provider=provider,
         provider_key=provider_key,
-        actor=owner,
-        source="owner",
-        **plan.agent_limits(),
+        actor=actor,
+        source=source,
+        **{**plan.agent_limits(), **limits},
     )
     subscription = Subscription.objects.create(
-        agent=agent, owner=owner, plan=plan, dev_mode=dev_mode
+        agent=agent,
+        owner=owner,
+        plan=plan,
+        dev_mode=dev_mode,
+        complimentary=bool(complimentary_reason),
     )
     if dev_mode:
-        activate_subscription(
+        set_subscription_status(
             subscription,
+            SubscriptionStatus.ACTIVE,
             source="billing",
             reason="development mode: plan activated without payment",
         )
+    elif complimentary_reason:
+        set_subscription_status(
+            subscription,
+            SubscriptionStatus.ACTIVE,
+            source="operator",
+            reason=f"complimentary plan granted by an operator: {complimentary_reason}",
+        )
     return subscription
+
+
+def _refuse_limits_above(plan: Plan, limits: dict[str, Any]) -> None:
+    above = plan.limits_above_plan(limits)
+    if above:
+        raise ValidationError(
+            {name: f"Your {plan.name} plan allows at most {getattr(plan, name)}." for name in above}
+        )
 
 
 def _open_checkout(
@@ -201,34 +294,106 @@ def ensure_customer(user: Any) -> str:
     return row.stripe_customer_id
 
 
-def activate_subscription(
+# --- What pays for an agent: the subscription's status and the agent's billing_active ---
+
+
+def set_subscription_status(
     subscription: Subscription,
+    status: str,
     *,
     source: str,
     reason: str,
-    stripe_subscription_id: str = "",
-    stripe_customer_id: str = "",
-) -> bool:
-    """Mark the subscription paid and queue its agent's deploy (after commit).
+    actor: Any = None,
+    **fields: Any,
+) -> str:
+    """Move a subscription to ``status``, and its agent with it; says what the agent does.
 
-    Call inside a transaction. Returns False, changing nothing, when it is not
-    awaiting payment any more.
+    With :func:`end_subscription` (which `canceled` goes to) the only way a
+    subscription's status changes, so its agent's ``billing_active`` is always
+    in step. Becoming active deploys an agent awaiting payment and resumes one
+    that billing paused; ceasing to be active pauses a running agent, with
+    ``reason`` for its owner to read, in the same transaction. A status it already has changes
+    nothing but ``fields`` (Stripe's ids, say). Call inside a transaction that
+    holds the subscription's row. Raises BillingError for an ended subscription.
     """
-    if subscription.status != SubscriptionStatus.PENDING:
-        return False
-    subscription.status = SubscriptionStatus.ACTIVE
-    subscription.stripe_subscription_id = stripe_subscription_id
-    subscription.stripe_customer_id = stripe_customer_id or subscription.stripe_customer_id
+    if status == SubscriptionStatus.CANCELED:
+        ended = end_subscription(subscription, source=source, reason=reason, actor=actor, **fields)
+        return "agent being removed" if ended else "subscription already ended"
+    if subscription.status == SubscriptionStatus.CANCELED:
+        raise BillingError(f"this subscription has ended; it cannot become {status}")
+    changed = subscription.status != status
+    _record_status(subscription, status, source=source, reason=reason, actor=actor, **fields)
+    agent = Agent.objects.get(pk=subscription.agent_id)
+    if not changed:
+        return f"agent left {agent.status}"
+    if status == SubscriptionStatus.ACTIVE:
+        return _run_paid_agent(agent, source=source, reason=reason, actor=actor)
+    return _pause_unpaid_agent(agent, source=source, reason=reason)
+
+
+def _record_status(
+    subscription: Subscription, status: str, *, source: str, reason: str, actor: Any, **fields: Any
+) -> None:
+    subscription.status = status
+    for name, value in fields.items():
+        setattr(subscription, name, value)
     subscription.save()
-    agent = subscription.agent
-    agent.transition(
-        S.PROVISIONING,
-        source=source,
-        reason=reason,
-        allowed_from=frozenset({S.PENDING_PAYMENT}),
-    )
-    enqueue_deploy(agent)
-    return True
+    _sync_billing_active(subscription, source=source, reason=reason, actor=actor)
+
+
+def _sync_billing_active(
+    subscription: Subscription, *, source: str, reason: str, actor: Any
+) -> None:
+    """The one writer of ``Agent.billing_active``: on while the subscription is active
+    (development-mode and complimentary ones included), off otherwise."""
+    active = subscription.status == SubscriptionStatus.ACTIVE
+    with transaction.atomic():
+        agent = Agent.objects.select_for_update().get(pk=subscription.agent_id)
+        if agent.billing_active == active:
+            return
+        agent.billing_active = active
+        agent.save(update_fields=["billing_active", "updated_at"])
+        AgentEvent.objects.create(
+            agent=agent,
+            actor=actor,
+            source=source,
+            reason=f"billing {'active' if active else 'inactive'}: subscription "
+            f"{subscription.status} ({reason})",
+        )
+
+
+def _run_paid_agent(agent: Agent, *, source: str, reason: str, actor: Any) -> str:
+    if agent.status == S.PENDING_PAYMENT:
+        agent.transition(
+            S.PROVISIONING,
+            actor=actor,
+            source=source,
+            reason=reason,
+            allowed_from=frozenset({S.PENDING_PAYMENT}),
+        )
+        enqueue_deploy(agent)
+        return f"agent {agent.pk} provisioning; deploy queued"
+    if agent.status == S.PAUSED and _paused_for_payment(agent):
+        from billing.tasks import resume_paid_agent
+
+        after_commit(resume_paid_agent, str(agent.pk))
+        return "agent resuming"
+    return f"agent left {agent.status}"
+
+
+def _paused_for_payment(agent: Agent) -> bool:
+    last = agent.events.filter(to_status=S.PAUSED).order_by("created_at", "id").last()
+    return last is not None and last.source in PAYMENT_PAUSE_SOURCES
+
+
+def _pause_unpaid_agent(agent: Agent, *, source: str, reason: str) -> str:
+    from billing.tasks import stop_paused_agent
+
+    if agent.status not in PAID_STATES:
+        return f"agent left {agent.status}"
+    agent.transition(S.PAUSED, source=source, reason=reason)
+    after_commit(stop_paused_agent, str(agent.pk))
+    return f"agent paused: {reason}"
 
 
 def enqueue_deploy(agent: Agent) -> None:
@@ -255,20 +420,27 @@ def after_commit(task: Any, *args: str) -> None:
 
 
 def end_subscription(
-    subscription: Subscription, *, source: str, reason: str, actor: Any = None
+    subscription: Subscription, *, source: str, reason: str, actor: Any = None, **fields: Any
 ) -> bool:
     """End what pays for the agent: its token is revoked now (the gateway refuses
-    its next call) and it is torn down. Returns False if it had ended already."""
+    its next call) and it is torn down. ``fields`` are saved with the status
+    (Stripe's ids). Returns False if it had ended already."""
     from billing.tasks import tear_down_agent
 
     with transaction.atomic():
         subscription = Subscription.objects.select_for_update().get(pk=subscription.pk)
         if subscription.status == SubscriptionStatus.CANCELED:
             return False
-        subscription.status = SubscriptionStatus.CANCELED
-        subscription.canceled_at = timezone.now()
-        subscription.save()
-        agent = subscription.agent
+        _record_status(
+            subscription,
+            SubscriptionStatus.CANCELED,
+            source=source,
+            reason=reason,
+            actor=actor,
+            canceled_at=timezone.now(),
+            **fields,
+        )
+        agent = Agent.objects.get(pk=subscription.agent_id)
         revoke_agent_tokens(agent=agent)
         if agent.status == S.PENDING_PAYMENT:  # never deployed: nothing to tear down
             agent.transition(S.DELETED, actor=actor, source=source, reason=reason)
@@ -283,7 +455,9 @@ def stop_billing(subscription: Subscription) -> None:
     Its Stripe subscription is canceled, or its open checkout closed. Raises
     StripeFailed when Stripe cannot be reached (the caller retries).
     """
-    charged = subscription.status != SubscriptionStatus.CANCELED and not subscription.dev_mode
+    charged = subscription.status != SubscriptionStatus.CANCELED and not (
+        subscription.dev_mode or subscription.complimentary
+    )
     if charged and subscription.stripe_subscription_id:
         stripe_client.cancel_subscription(subscription.stripe_subscription_id)
     elif charged and subscription.stripe_checkout_session_id:
@@ -292,9 +466,17 @@ def stop_billing(subscription: Subscription) -> None:
         except StripeFailed as exc:
             if not exc.permanent:  # permanent: not open any more, nothing to close
                 raise
-    Subscription.objects.filter(pk=subscription.pk, status__in=HOLDS_PLACE).update(
-        status=SubscriptionStatus.CANCELED, canceled_at=timezone.now(), updated_at=timezone.now()
-    )
+    with transaction.atomic():
+        row = Subscription.objects.select_for_update().get(pk=subscription.pk)
+        if row.status in HOLDS_PLACE:
+            _record_status(
+                row,
+                SubscriptionStatus.CANCELED,
+                source="billing",
+                reason="its agent was deleted",
+                actor=None,
+                canceled_at=timezone.now(),
+            )
 
 
 def discard_unpaid_agent(*, agent: Agent, actor: Any) -> None:
@@ -350,12 +532,7 @@ def change_agent_limits(*, agent: Agent, actor: Any, limits: dict[str, Any]) -> 
 
     Raises ValidationError naming each limit that asks for more than the plan grants.
     """
-    plan = _subscription_of(agent).plan
-    above = plan.limits_above_plan(limits)
-    if above:
-        raise ValidationError(
-            {name: f"Your {plan.name} plan allows at most {getattr(plan, name)}." for name in above}
-        )
+    _refuse_limits_above(_subscription_of(agent).plan, limits)
     return apply_agent_limits(
         agent=agent, limits=limits, actor=actor, source="owner", reason="owner changed limits"
     )
@@ -430,21 +607,29 @@ def requeue_stalled_deploys() -> int:
 def retry_deploy(*, agent: Agent, actor: Any) -> None:
     """An operator deploys a failed agent again, in the background.
 
-    Raises BillingError when its subscription does not pay for it any more.
+    Raises BillingError when nothing pays for it any more, or it is not `failed`.
     """
+    try:
+        with transaction.atomic():
+            agent.transition(
+                S.PROVISIONING,
+                actor=actor,
+                source="operator",
+                reason="deploy retried by an operator",
+                allowed_from=frozenset({S.FAILED}),
+            )
+            enqueue_deploy(agent)
+    except PaymentRequired as exc:
+        raise BillingError(_why_unpaid(agent)) from exc
+    except InvalidTransition as exc:
+        raise BillingError(f"it is {exc.current} now, not failed") from exc
+
+
+def _why_unpaid(agent: Agent) -> str:
     subscription = Subscription.objects.filter(agent=agent).first()
-    if subscription and subscription.status != SubscriptionStatus.ACTIVE:
-        status = subscription.get_status_display().lower()
-        raise BillingError(f"its subscription is not active ({status})")
-    with transaction.atomic():
-        agent.transition(
-            S.PROVISIONING,
-            actor=actor,
-            source="operator",
-            reason="deploy retried by an operator",
-            allowed_from=frozenset({S.FAILED}),
-        )
-        enqueue_deploy(agent)
+    if subscription is None:
+        return "nothing pays for it: it has no subscription"
+    return f"its subscription is not active ({subscription.get_status_display().lower()})"
 
 
 def apply_plan_to_agents(*, plan: Plan, actor: Any) -> int:

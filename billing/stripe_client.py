@@ -124,6 +124,31 @@ def create_checkout_session(
     return CheckoutSession(id=session.id, url=session.url or "")
 
 
+@dataclass(frozen=True)
+class StripeSubscription:
+    id: str
+    status: str  # Stripe's: active, trialing, incomplete, past_due, unpaid, paused, canceled…
+    customer_id: str
+    metadata: dict[str, str]
+
+
+def retrieve_subscription(subscription_id: str) -> StripeSubscription:
+    """A subscription as Stripe has it now.
+
+    Webhook events are snapshots, delivered late and in any order; this is
+    what their handlers act on instead.
+    """
+    with _calling("retrieve subscription"):
+        subscription = _client().v1.subscriptions.retrieve(subscription_id)
+    customer = subscription.customer
+    return StripeSubscription(
+        id=subscription.id,
+        status=subscription.status,
+        customer_id=customer if isinstance(customer, str) else customer.id,
+        metadata=subscription.metadata.to_dict() if subscription.metadata else {},
+    )
+
+
 def expire_checkout_session(session_id: str) -> None:
     """Close an open checkout so it can no longer be paid (Stripe refuses a paid one)."""
     with _calling("expire checkout session"):

@@ -59,6 +59,7 @@ def new_agent(request: HttpRequest) -> HttpResponse:
                 provider=form.cleaned_data["provider"],
                 provider_key=form.cleaned_data["provider_key"] or None,
                 absolute_url=request.build_absolute_uri,
+                actor=request.user,
             )
         except ValidationError as exc:
             form.add_service_error(exc)

@@ -15,6 +15,7 @@ urlpatterns = [
     path("billing/", include("billing.urls")),
     path("integrations/", include("integrations.urls")),
     path("api/", include("safer_claw.accounts.urls")),
+    path("api/agents/", include("billing.api_urls")),
     path("api/agents/", include("agents.api_urls")),
     path("api/agents/<uuid:agent_id>/usage", AgentUsageApi.as_view(), name="api-agent-usage"),
     path("webhooks/stripe", stripe_webhook, name="webhook-stripe"),

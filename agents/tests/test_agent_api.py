@@ -12,6 +12,7 @@ from django.db import connection
 
 from agents.models import Agent
 from agents.services import create_agent, deploy_agent
+from agents.tests.factories import paid
 from agents.tokens import issue_agent_token, revoke_agent_tokens
 from droplets.tests.fixtures import TEST_CONTROL_PLANE_PORT
 
@@ -104,7 +105,7 @@ def test_a_running_container_heartbeats_through_the_firewall(
     Droplet.objects.filter(pk=local_droplet.pk).update(
         control_plane_url=f"http://172.31.1.1:{TEST_CONTROL_PLANE_PORT}"
     )
-    agent = deploy_agent(agent=create_agent(owner=alice, name="beat", provider_key="sk-x"))
+    agent = deploy_agent(agent=paid(create_agent(owner=alice, name="beat", provider_key="sk-x")))
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if Agent.objects.get(pk=agent.pk).last_activity_at:

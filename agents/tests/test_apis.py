@@ -17,6 +17,7 @@ from rest_framework.test import APIClient
 from agents.apis import LogRedactor, redact
 from agents.models import Agent, AgentEvent, AgentStatus
 from agents.services import create_agent, deploy_agent, stop_agent
+from agents.tests.factories import paid
 from droplets.containers import ContainerSpec, container_state, run_container
 from droplets.docker_client import DropletError
 from droplets.models import Droplet
@@ -64,6 +65,7 @@ def agent_token(engines, agent: Agent) -> str:
 
 def place(agent: Agent, droplet: Droplet, container_id: str) -> Agent:
     """Put the agent in `running` on ``droplet`` with ``container_id``, as a deploy would."""
+    paid(agent)
     agent.transition(S.PROVISIONING, source="test")
     agent.transition(S.RUNNING, source="test", droplet=droplet, container_id=container_id)
     return agent
@@ -88,7 +90,7 @@ def run_script(agent: Agent, droplet: Droplet, image: str, script: str) -> Agent
 def running(alice, local_droplet):
     """Alice's agent, deployed on the local droplet (a real container)."""
     return deploy_agent(
-        agent=create_agent(owner=alice, name="runner", provider_key="sk-test-provider-key-1")
+        agent=paid(create_agent(owner=alice, name="runner", provider_key="sk-test-provider-key-1"))
     )
 
 
@@ -177,64 +179,7 @@ def test_the_agents_api_is_throttled_per_user(alice, bob, agent):
     assert bob_client.get("/api/agents/").status_code == 200
 
 
-# --- Create, get, delete ----------------------------------------------------------------
-
-
-@pytest.mark.django_db
-def test_create_returns_the_kill_secret_once_and_never_the_provider_key(alice):
-    client = api_client(alice)
-    response = client.post(
-        "/api/agents/",
-        {
-            "name": "scribe",
-            "ai_provider": "anthropic",
-            "provider_key": "sk-ant-secret-123456",
-            "daily_token_cap": 5000,
-        },
-        format="json",
-    )
-    assert response.status_code == 201, response.json()
-    created = response.json()
-    agent = Agent.objects.get(pk=created["id"])
-    assert created["kill_secret"] == agent.kill_secret
-    assert len(created["kill_secret"]) >= 40
-    assert (created["status"], created["ai_provider"], created["daily_token_cap"]) == (
-        "pending_payment",
-        "anthropic",
-        5000,
-    )
-    assert created["provider_key_set"] is True
-    assert agent.ai_api_key == "sk-ant-secret-123456"
-    shown = client.get(f"/api/agents/{agent.id}/")
-    assert "kill_secret" not in shown.json()
-    assert "sk-ant-secret" not in shown.content.decode()
-    assert "sk-ant-secret" not in response.content.decode()
-
-
-@pytest.mark.django_db
-@pytest.mark.parametrize(
-    ("payload", "field"),
-    [
-        ({"name": "no/slashes"}, "name"),
-        ({"name": ""}, "name"),
-        ({"name": "ok", "ai_provider": "cohere"}, "ai_provider"),
-        ({"name": "ok", "daily_token_cap": -1}, "daily_token_cap"),
-    ],
-)
-def test_create_refuses_bad_input_with_400(alice, payload, field):
-    response = api_client(alice).post("/api/agents/", payload, format="json")
-    assert response.status_code == 400
-    error = error_of(response)
-    assert error["code"] == "invalid"
-    assert field in error["fields"]
-    assert not Agent.objects.exists()
-
-
-@pytest.mark.django_db
-def test_create_refuses_a_name_the_user_already_has(alice, agent):
-    response = api_client(alice).post("/api/agents/", {"name": "helper"}, format="json")
-    assert response.status_code == 400
-    assert "already have an agent with this name" in error_of(response)["message"]
+# --- Get, delete (create is billing's: billing/tests/test_apis.py) --------------------
 
 
 @pytest.mark.docker

@@ -1,4 +1,4 @@
-"""The operator commands named in DESIGN.md: register_droplet and create_agent."""
+"""The operator command register_droplet (create_agent: billing/tests/test_commands.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import uuid
 import pytest
 from django.core.management import CommandError, call_command
 
-from agents.models import Agent
 from droplets.models import Droplet
 from droplets.tests.pki import TestCA
 
@@ -19,48 +18,6 @@ def run(*args, **env):
     out, err = io.StringIO(), io.StringIO()
     call_command(*args, stdout=out, stderr=err)
     return out.getvalue().strip(), err.getvalue()
-
-
-def test_create_agent_reads_the_key_from_the_environment_and_prints_the_id(alice, monkeypatch):
-    monkeypatch.setenv("AGENT_PROVIDER_KEY", "sk-ant-from-env-123")
-    out, _ = run(
-        "create_agent",
-        "--owner",
-        "ALICE@example.com",
-        "--name",
-        "helper",
-        "--provider",
-        "anthropic",
-    )
-    agent = Agent.objects.get(pk=uuid.UUID(out))
-    assert agent.owner == alice
-    assert agent.ai_provider == "anthropic"
-    assert agent.ai_api_key == "sk-ant-from-env-123"
-    stored = Agent.objects.filter(pk=agent.pk).values_list("ai_api_key", flat=True)[0]
-    assert "sk-ant-from-env-123" not in stored
-
-
-def test_create_agent_has_no_key_argument(alice):
-    with pytest.raises(CommandError, match=r"unrecognized arguments"):
-        run("create_agent", "--owner", alice.email, "--name", "x", "--key", "sk-secret")
-
-
-def test_create_agent_without_key_warns(alice, monkeypatch):
-    monkeypatch.delenv("AGENT_PROVIDER_KEY", raising=False)
-    out, err = run("create_agent", "--owner", alice.email, "--name", "helper")
-    assert "AGENT_PROVIDER_KEY is not set" in err
-    assert Agent.objects.get(pk=out).ai_api_key is None
-
-
-def test_create_agent_for_an_unknown_owner_fails_clearly():
-    with pytest.raises(CommandError, match=r"no user with email nobody@example\.com"):
-        run("create_agent", "--owner", "nobody@example.com", "--name", "x")
-    assert not Agent.objects.exists()
-
-
-def test_create_agent_with_a_bad_name_fails_clearly(alice):
-    with pytest.raises(CommandError, match="name: Use letters"):
-        run("create_agent", "--owner", alice.email, "--name", "../etc")
 
 
 def test_register_droplet_reads_tls_files_and_prints_the_id(tmp_path):

@@ -30,6 +30,7 @@ from agents.models import (
 )
 from agents.services import create_agent, deploy_agent, start_agent
 from agents.tasks import retry_stop_container
+from agents.tests.factories import paid
 from agents.tokens import issue_agent_token, token_agent
 from droplets.containers import container_state
 from droplets.docker_client import DropletError
@@ -85,14 +86,14 @@ def operator_secret(settings):
 @pytest.fixture
 def running(alice, local_droplet, engines):
     """Alice's agent running in a real container, and the token the container holds."""
-    agent = deploy_agent(agent=create_agent(owner=alice, name="runner", provider_key="sk-x"))
+    agent = deploy_agent(agent=paid(create_agent(owner=alice, name="runner", provider_key="sk-x")))
     return agent, container_token(engines, agent)
 
 
 def unreachable_agent(owner, name="far") -> tuple[Agent, str]:
     """A running agent on a droplet whose engine does not answer."""
     droplet = DropletFactory(docker_url="unix:///run/saferclaw-no-such-engine.sock")
-    agent = create_agent(owner=owner, name=name)
+    agent = paid(create_agent(owner=owner, name=name))
     agent.transition(S.PROVISIONING, source="test")
     agent.transition(S.RUNNING, source="test", droplet=droplet, container_id="c" * 64)
     Droplet.objects.filter(pk=droplet.pk).update(active_container_count=1)
@@ -200,8 +201,8 @@ def test_remove_removes_the_container_and_frees_the_slot(client, running):
 @pytest.mark.docker
 def test_both_operator_secrets_work_during_a_rotation(client, settings, alice, local_droplet):
     settings.KILL_SWITCH_SECRET = [OPERATOR_SECRET, OLD_OPERATOR_SECRET]
-    new = deploy_agent(agent=create_agent(owner=alice, name="a"))
-    old = deploy_agent(agent=create_agent(owner=alice, name="b"))
+    new = deploy_agent(agent=paid(create_agent(owner=alice, name="a")))
+    old = deploy_agent(agent=paid(create_agent(owner=alice, name="b")))
     assert kill(client, new.id, secret=OPERATOR_SECRET).status_code == 200
     assert kill(client, old.id, secret=OLD_OPERATOR_SECRET).status_code == 200
     assert not is_running(new)
@@ -510,7 +511,7 @@ def test_kill_agent_command_refuses_an_unknown_agent():
 def test_admin_kills_all_agents_of_a_user_and_no_one_elses(client, alice, bob, running, engines):
     agent, token = running
     unpaid = create_agent(owner=alice, name="second")
-    bobs = deploy_agent(agent=create_agent(owner=bob, name="bobs"))
+    bobs = deploy_agent(agent=paid(create_agent(owner=bob, name="bobs")))
     operator = UserFactory(is_staff=True, is_superuser=True)
     client.force_login(operator)
 

@@ -10,7 +10,7 @@ import pytest
 from django.core.exceptions import ValidationError
 from django.core.management import CommandError, call_command
 
-from agents.models import Agent, AgentStatus, InvalidTransition
+from agents.models import Agent, AgentStatus, InvalidTransition, PaymentRequired
 from agents.services import (
     DeployFailed,
     create_agent,
@@ -19,6 +19,7 @@ from agents.services import (
     start_agent,
     stop_agent,
 )
+from agents.tests.factories import paid
 from agents.tokens import token_agent
 from droplets.containers import container_state
 from droplets.docker_client import DropletError
@@ -34,8 +35,8 @@ def droplets(local_droplet, tls_droplet):
 
 
 def new_agent(owner, name="helper", **limits) -> Agent:
-    return create_agent(
-        owner=owner, name=name, provider_key="sk-live-provider-secret-0001", **limits
+    return paid(
+        create_agent(owner=owner, name=name, provider_key="sk-live-provider-secret-0001", **limits)
     )
 
 
@@ -89,6 +90,48 @@ def test_stop_then_start_keeps_the_container_and_its_slot(alice, droplets):
     start_agent(agent=agent, actor=alice)
     assert container_state(agent.droplet, agent.container_id).running
     assert Agent.objects.get(pk=agent.pk).status == S.RUNNING
+
+
+def test_a_stopped_agent_whose_payment_lapsed_is_not_started(alice, droplets):
+    agent = deploy_agent(agent=new_agent(alice))
+    stop_agent(agent=agent, actor=alice, source="owner")
+    Agent.objects.filter(pk=agent.pk).update(billing_active=False)  # as billing leaves it
+    before = agent.events.count()
+
+    with pytest.raises(PaymentRequired, match="nothing pays for it"):
+        start_agent(agent=agent, actor=alice)
+
+    assert container_state(agent.droplet, agent.container_id).status == "exited"
+    assert Agent.objects.get(pk=agent.pk).status == S.STOPPED
+    assert agent.events.count() == before
+
+
+def test_a_deploy_whose_payment_lapses_meanwhile_leaves_no_container(
+    alice, droplets, engines, monkeypatch
+):
+    import agents.services as services
+
+    agent = new_agent(alice)
+    real_run = services.run_container
+
+    def payment_fails_while_the_container_starts(droplet, spec):
+        container_id = real_run(droplet, spec)
+        Agent.objects.filter(pk=agent.pk).update(billing_active=False)
+        return container_id
+
+    # The seam is the engine call: the payment lapses between create and the state change.
+    monkeypatch.setattr(services, "run_container", payment_fails_while_the_container_starts)
+
+    with pytest.raises(PaymentRequired):
+        deploy_agent(agent=agent)
+
+    agent.refresh_from_db()
+    assert (agent.status, agent.droplet_id, agent.container_id) == (S.PROVISIONING, None, "")
+    labelled = {"label": f"saferclaw.agent={agent.pk}"}
+    assert engines["d1"].containers.list(all=True, filters=labelled) == []
+    assert engines["d2"].containers.list(all=True, filters=labelled) == []
+    assert not agent.tokens.filter(revoked_at__isnull=True).exists()
+    assert sum(Droplet.objects.values_list("active_container_count", flat=True)) == 0
 
 
 def test_delete_removes_the_container_frees_the_slot_and_keeps_the_trail(alice, droplets):

@@ -8,7 +8,14 @@ import pytest
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 
-from agents.models import Agent, AgentEvent, AgentStatus, InvalidTransition, memory_limit_bytes
+from agents.models import (
+    Agent,
+    AgentEvent,
+    AgentStatus,
+    InvalidTransition,
+    PaymentRequired,
+    memory_limit_bytes,
+)
 from agents.services import create_agent
 from agents.tests.factories import AgentFactory
 from droplets.tests.factories import DropletFactory
@@ -145,3 +152,68 @@ def test_a_killed_agent_cannot_be_merely_stopped(agent):
 
 def test_an_unpaid_agent_can_be_killed(agent):
     assert agent.transition(AgentStatus.KILLED)
+
+
+# --- Only a paid agent runs (DESIGN.md trust boundary 5) -----------------------------------
+
+S = AgentStatus
+
+
+@pytest.mark.parametrize(
+    ("start", "to"),
+    [
+        (S.PENDING_PAYMENT, S.PROVISIONING),
+        (S.KILLED, S.PROVISIONING),
+        (S.KILLED, S.RUNNING),
+        (S.FAILED, S.PROVISIONING),
+        (S.STOPPED, S.RUNNING),
+        (S.STOPPED, S.PROVISIONING),
+        (S.PAUSED, S.RUNNING),
+        (S.PAUSED, S.PROVISIONING),
+    ],
+)
+def test_an_agent_nothing_pays_for_cannot_go_where_it_would_run(alice, start, to):
+    agent = create_agent(owner=alice, name="unpaid")
+    Agent.objects.filter(pk=agent.pk).update(status=start)
+
+    with pytest.raises(PaymentRequired) as excinfo:
+        agent.transition(to, source="owner")
+
+    assert isinstance(excinfo.value, InvalidTransition)  # callers that handle one handle both
+    assert (excinfo.value.current, excinfo.value.requested) == (start, to)
+    assert str(excinfo.value) == (
+        f"agent is {start}; it cannot go to {to} because nothing pays for it: "
+        "its subscription is not active"
+    )
+    assert Agent.objects.get(pk=agent.pk).status == start
+    assert agent.events.count() == 1  # only "created"
+
+
+def test_an_agent_nothing_pays_for_may_not_stay_provisioning_either(alice):
+    agent = create_agent(owner=alice, name="unpaid")
+    Agent.objects.filter(pk=agent.pk).update(status=S.PROVISIONING)  # its deploy was queued
+    with pytest.raises(PaymentRequired):
+        agent.transition(S.PROVISIONING)  # what the deploy does first
+
+
+def test_the_rule_reads_billing_active_under_the_lock_not_from_the_instance(agent):
+    stale = Agent.objects.get(pk=agent.pk)
+    assert stale.billing_active
+    Agent.objects.filter(pk=agent.pk).update(billing_active=False)  # billing: payment failed
+    with pytest.raises(PaymentRequired):
+        stale.transition(S.PROVISIONING)
+
+
+@pytest.mark.parametrize("to", [S.KILLED, S.DELETED])
+def test_an_agent_nothing_pays_for_can_still_be_killed_or_deleted(alice, to):
+    agent = create_agent(owner=alice, name="unpaid")
+    assert agent.transition(to)
+    assert Agent.objects.get(pk=agent.pk).status == to
+
+
+def test_a_running_agent_nothing_pays_for_can_be_stopped_and_paused(agent):
+    agent.transition(S.PROVISIONING)
+    agent.transition(S.RUNNING)
+    Agent.objects.filter(pk=agent.pk).update(billing_active=False)
+    assert agent.transition(S.PAUSED)
+    assert agent.transition(S.STOPPED)

@@ -12,9 +12,10 @@ from django.db import connection
 from django.utils import timezone
 
 from agents.models import Agent, AgentStatus
-from agents.reconciliation import reconcile_droplet
+from agents.reconciliation import UNPAID_REASON, reconcile_droplet
 from agents.services import DeployFailed, create_agent, deploy_agent
 from agents.tasks import reconcile_agents
+from agents.tests.factories import paid
 from droplets.containers import ContainerSpec, container_state, run_container
 from droplets.models import Droplet
 
@@ -23,7 +24,7 @@ S = AgentStatus
 
 
 def running_agent(owner, name="helper") -> Agent:
-    agent = create_agent(owner=owner, name=name, provider_key="sk-test")
+    agent = paid(create_agent(owner=owner, name=name, provider_key="sk-test"))
     return deploy_agent(agent=agent)
 
 
@@ -95,6 +96,27 @@ def test_stopped_agent_whose_container_runs_is_stopped(alice, local_droplet, eng
 
 
 @pytest.mark.django_db
+def test_a_running_agent_nothing_pays_for_is_paused_and_its_container_stopped(
+    alice, local_droplet, engines
+):
+    agent = running_agent(alice)
+    paying = running_agent(alice, name="paying")
+    Agent.objects.filter(pk=agent.pk).update(billing_active=False)  # drift, however it came
+
+    repairs = reconcile_droplet(local_droplet)
+
+    assert repairs.paused_unpaid == [str(agent.id)]
+    agent.refresh_from_db()
+    assert (agent.status, agent.status_reason) == (S.PAUSED, UNPAID_REASON)
+    assert agent.events.last().source == "reconcile"
+    assert container_state(local_droplet, agent.container_id).status == "exited"
+    assert agent.droplet_id == local_droplet.pk  # paused: its slot is kept for when it pays
+    assert Agent.objects.get(pk=paying.pk).status == S.RUNNING
+    assert container_state(local_droplet, paying.container_id).running
+    assert reconcile_droplet(local_droplet).paused_unpaid == []
+
+
+@pytest.mark.django_db
 def test_dead_container_of_a_running_agent_fails_it_with_the_reason(alice, local_droplet, engines):
     agent = running_agent(alice)
     engines["d1"].containers.get(agent.container_id).stop(timeout=5)
@@ -112,7 +134,7 @@ def test_dead_container_of_a_running_agent_fails_it_with_the_reason(alice, local
 def test_oom_killed_agent_is_failed_with_a_reason_the_owner_understands(alice, local_droplet):
     from droplets.tests.test_containers import MEMORY_HOG, wait_until
 
-    agent = create_agent(owner=alice, name="hog", provider_key="sk-test", memory_limit="48m")
+    agent = paid(create_agent(owner=alice, name="hog", provider_key="sk-test", memory_limit="48m"))
     agent = deploy_agent(agent=agent)
     # Replace its container with a memory hog under the same name and labels.
     import docker
@@ -157,7 +179,7 @@ def agent_image() -> str:
 
 @pytest.mark.django_db
 def test_stalled_deploy_is_failed_and_its_slot_freed(alice, local_droplet):
-    agent = create_agent(owner=alice, name="stalled", provider_key="sk-test")
+    agent = paid(create_agent(owner=alice, name="stalled", provider_key="sk-test"))
     agent.transition(S.PROVISIONING)
     Droplet.objects.filter(pk=local_droplet.pk).update(active_container_count=1)
     Agent.objects.filter(pk=agent.pk).update(
@@ -198,7 +220,9 @@ def test_the_beat_task_reconciles_every_droplet(alice, local_droplet, tls_drople
 def test_twenty_concurrent_deploys_place_exactly_the_capacity(
     transactional_db, alice, local_droplet, engines
 ):
-    agents = [create_agent(owner=alice, name=f"a{i}", provider_key="sk-test") for i in range(20)]
+    agents = [
+        paid(create_agent(owner=alice, name=f"a{i}", provider_key="sk-test")) for i in range(20)
+    ]
     barrier = threading.Barrier(20)
     outcomes: list[str] = []
 

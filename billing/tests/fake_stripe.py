@@ -2,13 +2,15 @@
 
 It speaks Stripe's wire format for the calls the app makes: form-encoded
 ``POST /v1/customers``, ``/v1/checkout/sessions``,
-``/v1/checkout/sessions/{id}/expire``, ``/v1/billing_portal/sessions`` and
-``DELETE /v1/subscriptions/{id}``,
+``/v1/checkout/sessions/{id}/expire``, ``/v1/billing_portal/sessions``,
+``GET`` and ``DELETE /v1/subscriptions/{id}``,
 with bearer-key auth, ``Idempotency-Key`` replay, Stripe's JSON objects and
 its ``{"error": {"type", "code", "message", "param"}}`` bodies. It also plays
 what happens at Stripe afterwards: :meth:`FakeStripe.complete_checkout` and
 friends return the events Stripe would send (in the endive API version's
-shapes), which a test signs with ``stripe.WebhookSignature`` and posts. Its
+shapes), which a test signs with ``stripe.WebhookSignature`` and posts, and
+keeps each subscription's status as Stripe would (active, incomplete,
+past_due, canceled), which ``GET /v1/subscriptions/{id}`` then reports. Its
 hosted checkout page (``GET /c/pay/{id}``, a Pay button) completes the
 session, delivers the signed events to ``webhook_url`` and redirects to the
 session's ``success_url``, as Stripe does for a browser.
@@ -182,6 +184,8 @@ class FakeStripe:
         if request.method == "POST" and path == "/v1/billing_portal/sessions":
             return self._create_portal_session(params)
         match = re.fullmatch(r"/v1/subscriptions/([^/]+)", path)
+        if request.method == "GET" and match:
+            return self._retrieve_subscription(match[1])
         if request.method == "DELETE" and match:
             return self._cancel_subscription(match[1])
         return error(
@@ -279,12 +283,61 @@ class FakeStripe:
         session["status"] = "expired"
         return 200, _public(session)
 
+    def _retrieve_subscription(self, subscription_id: str) -> tuple[int, dict[str, Any]]:
+        sub = self.subscriptions.get(subscription_id)
+        if sub is None:
+            return error(404, f"No such subscription: '{subscription_id}'", code="resource_missing")
+        return 200, self._subscription_object(sub)
+
     def _cancel_subscription(self, subscription_id: str) -> tuple[int, dict[str, Any]]:
         sub = self.subscriptions.get(subscription_id)
         if sub is None or sub["status"] == "canceled":
             return error(404, f"No such subscription: '{subscription_id}'", code="resource_missing")
-        sub["status"] = "canceled"
-        return 200, {**_public(sub), "object": "subscription", "status": "canceled"}
+        self._end(sub)
+        return 200, self._subscription_object(sub)
+
+    def _end(self, sub: dict[str, Any]) -> None:
+        now = int(time.time())
+        sub.update(status="canceled", canceled_at=now, ended_at=now)
+
+    def _subscription_object(self, sub: dict[str, Any]) -> dict[str, Any]:
+        """A subscription as Stripe's API shows it (the period is on its items since
+        API version 2025-03-31)."""
+        return {
+            "id": sub["id"],
+            "object": "subscription",
+            "billing_cycle_anchor": sub["created"],
+            "cancel_at": None,
+            "cancel_at_period_end": False,
+            "canceled_at": sub.get("canceled_at"),
+            "collection_method": "charge_automatically",
+            "created": sub["created"],
+            "currency": "usd",
+            "customer": sub["customer"],
+            "ended_at": sub.get("ended_at"),
+            "items": {
+                "object": "list",
+                "data": [
+                    {
+                        "id": sub["item"],
+                        "object": "subscription_item",
+                        "current_period_end": sub["current_period_end"],
+                        "current_period_start": sub["current_period_start"],
+                        "price": self.prices[sub["price"]],
+                        "quantity": 1,
+                        "subscription": sub["id"],
+                    }
+                ],
+                "has_more": False,
+                "total_count": 1,
+                "url": f"/v1/subscription_items?subscription={sub['id']}",
+            },
+            "latest_invoice": sub.get("latest_invoice"),
+            "livemode": False,
+            "metadata": sub["metadata"],
+            "start_date": sub["created"],
+            "status": sub["status"],
+        }
 
     def _create_portal_session(self, params: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         customer = params.get("customer")
@@ -321,7 +374,8 @@ class FakeStripe:
         }
 
     def complete_checkout(self, session_id: str, *, payment_status: str = "paid") -> dict:
-        """The customer pays: the session completes and a subscription starts.
+        """The customer pays: the session completes and a subscription starts
+        (``incomplete`` until a bank debit settles: see :meth:`settle_payment`).
         Returns the checkout.session.completed event."""
         with self._lock:
             session = self.sessions[session_id]
@@ -329,9 +383,9 @@ class FakeStripe:
             now = int(time.time())
             self.subscriptions[subscription_id] = {
                 "id": subscription_id,
-                "object": "subscription",
+                "item": stripe_id("si"),
                 "customer": session["customer"],
-                "status": "active",
+                "status": "active" if payment_status == "paid" else "incomplete",
                 "created": now,
                 "metadata": session["_subscription_data"].get("metadata", {}),
                 "price": session["_price"],
@@ -342,6 +396,15 @@ class FakeStripe:
                 status="complete", payment_status=payment_status, subscription=subscription_id
             )
             return self.event("checkout.session.completed", _public(session))
+
+    def settle_payment(self, session_id: str) -> dict[str, Any]:
+        """A bank debit started at checkout settles: the subscription becomes active.
+        Returns the checkout.session.async_payment_succeeded event."""
+        with self._lock:
+            session = self.sessions[session_id]
+            session["payment_status"] = "paid"
+            self.subscriptions[session["subscription"]]["status"] = "active"
+            return self.event("checkout.session.async_payment_succeeded", _public(session))
 
     def expire_checkout(self, session_id: str) -> dict[str, Any]:
         with self._lock:
@@ -358,7 +421,9 @@ class FakeStripe:
         next_payment_attempt: int | None = None,
     ) -> dict[str, Any]:
         """``invoice.paid`` or ``invoice.payment_failed`` for the subscription's
-        current period (a renewal moves the period on a month first)."""
+        current period (a renewal moves the period on a month first). The
+        subscription's status follows, as at Stripe: active once paid; past_due
+        when a renewal fails, incomplete when the first payment does."""
         with self._lock:
             sub = self.subscriptions[subscription_id]
             if billing_reason == "subscription_cycle":
@@ -366,8 +431,15 @@ class FakeStripe:
                 sub["current_period_end"] += MONTH
             price = self.prices[sub["price"]]
             paid = kind == "invoice.paid"
+            if paid:
+                sub["status"] = "active"
+            else:
+                sub["status"] = (
+                    "past_due" if billing_reason != "subscription_create" else "incomplete"
+                )
             start, end = sub["current_period_start"], sub["current_period_end"]
             invoice_id = stripe_id("in")
+            sub["latest_invoice"] = invoice_id
             invoice = {
                 "id": invoice_id,
                 "object": "invoice",
@@ -433,37 +505,35 @@ class FakeStripe:
             }
             return self.event(kind, invoice)
 
+    def pay_invoice(self, failed: dict[str, Any]) -> dict[str, Any]:
+        """Stripe's retry of a failed invoice succeeds: the same invoice is paid and
+        the subscription active again. Returns that invoice's ``invoice.paid`` event."""
+        with self._lock:
+            invoice = dict(failed["data"]["object"])
+            sub = self.subscriptions[invoice["parent"]["subscription_details"]["subscription"]]
+            sub["status"] = "active"
+            invoice.update(
+                amount_paid=invoice["amount_due"],
+                amount_remaining=0,
+                attempt_count=invoice["attempt_count"] + 1,
+                next_payment_attempt=None,
+                status="paid",
+            )
+            return self.event("invoice.paid", invoice)
+
     def subscription_deleted(self, subscription_id: str) -> dict[str, Any]:
+        """Stripe ends the subscription (the retries ran out, say, or the customer
+        canceled in the portal)."""
         with self._lock:
             sub = self.subscriptions[subscription_id]
-            now = int(time.time())
-            sub["status"] = "canceled"
-            obj = {
-                "id": subscription_id,
-                "object": "subscription",
-                "cancel_at_period_end": False,
-                "canceled_at": now,
-                "created": sub["created"],
-                "customer": sub["customer"],
-                "ended_at": now,
-                "items": {
-                    "object": "list",
-                    "data": [
-                        {
-                            "id": stripe_id("si"),
-                            "object": "subscription_item",
-                            "current_period_end": sub["current_period_end"],
-                            "current_period_start": sub["current_period_start"],
-                            "price": self.prices[sub["price"]],
-                            "quantity": 1,
-                        }
-                    ],
-                },
-                "livemode": False,
-                "metadata": sub["metadata"],
-                "status": "canceled",
-            }
-            return self.event("customer.subscription.deleted", obj)
+            self._end(sub)
+            return self.event("customer.subscription.deleted", self._subscription_object(sub))
+
+    def subscription_updated(self, subscription_id: str) -> dict[str, Any]:
+        """The event Stripe sends with each change of a subscription's status."""
+        with self._lock:
+            sub = self.subscriptions[subscription_id]
+            return self.event("customer.subscription.updated", self._subscription_object(sub))
 
     # --- The hosted checkout page ---------------------------------------------------------
 

@@ -41,5 +41,6 @@ def checkout(owner: Any, plan: Plan, name: str = "helper") -> Subscription:
         provider="openai",
         provider_key="sk-test-provider-key",
         absolute_url=lambda path: f"http://testserver{path}",
+        actor=owner,
     )
     return Subscription.objects.get(agent=started.agent)

@@ -52,10 +52,11 @@ def test_a_signed_checkout_completed_runs_the_agent_on_a_droplet(
     assert attrs["HostConfig"]["PidsLimit"] == 64
     local_droplet.refresh_from_db()
     assert local_droplet.active_container_count == 1
-    assert [(e.source, e.to_status) for e in agent.events.all()] == [
-        ("owner", "pending_payment"),
-        ("stripe", "provisioning"),
-        ("billing", "running"),
+    assert [(e.source, e.to_status, e.reason) for e in agent.events.all()] == [
+        ("owner", "pending_payment", "created"),
+        ("stripe", "", "billing active: subscription active (payment received)"),
+        ("stripe", "provisioning", "payment received"),
+        ("billing", "running", f"running on {local_droplet.name}"),
     ]
 
 

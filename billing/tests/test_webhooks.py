@@ -178,13 +178,18 @@ def test_a_second_event_for_a_paid_checkout_changes_nothing(client, stripe_api, 
 
 def test_a_checkout_paid_by_bank_debit_waits_until_the_payment_settles(client, stripe_api, pending):
     event = completed_event(stripe_api, pending, payment_status="unpaid")
-    assert post_event(client, event).json()["outcome"] == "ignored"
-    assert Agent.objects.get(pk=pending.agent_id).status == S.PENDING_PAYMENT
+    answer = post_event(client, event).json()
+    assert (answer["outcome"], answer["message"]) == (
+        "ignored",
+        "pending; agent left pending_payment",
+    )
+    agent = Agent.objects.get(pk=pending.agent_id)
+    assert (agent.status, agent.billing_active) == (S.PENDING_PAYMENT, False)
 
-    session = {**event["data"]["object"], "payment_status": "paid"}
-    settled = stripe_api.event("checkout.session.async_payment_succeeded", session)
+    settled = stripe_api.settle_payment(pending.stripe_checkout_session_id)
     assert post_event(client, settled).json()["outcome"] == "ok"
-    assert Agent.objects.get(pk=pending.agent_id).status == S.PROVISIONING
+    agent = Agent.objects.get(pk=pending.agent_id)
+    assert (agent.status, agent.billing_active) == (S.PROVISIONING, True)
 
 
 def test_unknown_events_are_acknowledged_ignored_and_logged(client, stripe_api, caplog):
@@ -284,10 +289,15 @@ def test_an_invoice_that_arrives_before_its_checkout_is_matched_by_its_metadata(
         billing_reason="subscription_create",
     )
     assert post_event(client, invoice).json()["outcome"] == "ok"
-    assert Agent.objects.get(pk=pending.agent_id).period_started_at is not None
+    agent = Agent.objects.get(pk=pending.agent_id)
+    assert agent.period_started_at is not None
+    # The subscription Stripe reports is active: the invoice alone deploys the agent.
+    assert agent.status == S.PROVISIONING
+    pending.refresh_from_db()
+    assert pending.stripe_subscription_id == completed["data"]["object"]["subscription"]
 
-    assert post_event(client, completed).json()["outcome"] == "ok"
-    assert Agent.objects.get(pk=pending.agent_id).status == S.PROVISIONING
+    assert post_event(client, completed).json()["outcome"] == "ignored"
+    assert agent.events.filter(to_status=S.PROVISIONING).count() == 1
 
 
 def test_a_payment_for_an_agent_given_up_meanwhile_is_flagged_for_a_refund(

@@ -10,6 +10,7 @@ from django.utils import timezone
 
 from agents.models import Agent, AgentStatus
 from agents.services import create_agent, deploy_agent, stop_agent
+from agents.tests.factories import paid
 from droplets.containers import container_state
 from gateway.metering import pause_for_cap
 from gateway.tasks import resume_agents_below_caps
@@ -18,7 +19,7 @@ pytestmark = [pytest.mark.docker, pytest.mark.django_db]
 
 
 def paused_at_daily_cap(owner, on_commit) -> Agent:
-    agent = deploy_agent(agent=create_agent(owner=owner, name="capped", provider_key="sk-x"))
+    agent = deploy_agent(agent=paid(create_agent(owner=owner, name="capped", provider_key="sk-x")))
     Agent.objects.filter(pk=agent.pk).update(
         tokens_today=1000, daily_token_cap=1000, tokens_day=timezone.now().date()
     )
@@ -61,7 +62,7 @@ def test_an_agent_still_over_its_cost_cap_stays_paused(
 
 
 def test_an_agent_paused_by_its_owner_is_left_alone(alice, local_droplet):
-    agent = deploy_agent(agent=create_agent(owner=alice, name="resting", provider_key="sk-x"))
+    agent = deploy_agent(agent=paid(create_agent(owner=alice, name="resting", provider_key="sk-x")))
     stop_agent(agent=agent, actor=alice, source="owner", reason="holiday", to=AgentStatus.PAUSED)
     resume_agents_below_caps.delay()
     assert Agent.objects.get(pk=agent.pk).status == AgentStatus.PAUSED
