@@ -199,14 +199,25 @@ ACCOUNT_UNIQUE_EMAIL = True
 ACCOUNT_EMAIL_VERIFICATION = "mandatory"
 ACCOUNT_LOGIN_ON_EMAIL_CONFIRMATION = True
 ACCOUNT_PREVENT_ENUMERATION = True
-# Failed logins are throttled per IP and per account (allauth's cache-based limits).
+# Failed logins are throttled per client IP and per client IP + account (our
+# adapter puts the IP into allauth's `key`): one client's guesses are cut off,
+# while the owner, from any other address, still signs in with the right password.
 ACCOUNT_RATE_LIMITS = {
-    "login_failed": env.str("LOGIN_FAILED_RATE_LIMIT", default="10/m/ip,5/5m/key"),
+    "login_failed": env.str("LOGIN_FAILED_RATE_LIMIT", default="10/m/ip,30/h/ip,5/5m/key"),
     "signup": "20/m/ip",
 }
+# Behind a reverse proxy every client has the proxy's address: say how many
+# proxies append to X-Forwarded-For, or the per-IP limits throttle everyone at once.
+ALLAUTH_TRUSTED_PROXY_COUNT = env.int("TRUSTED_PROXY_COUNT", default=0)
+# The name and domain that emails (and the authenticator app) show.
+SITE_NAME = env.str("SITE_NAME", default="Safer-Claw")
+SITE_DOMAIN = env.str(
+    "SITE_DOMAIN",
+    default=ALLOWED_HOSTS[0].lstrip(".") if ALLOWED_HOSTS[0] != "*" else "localhost",
+)
 MFA_ADAPTER = "safer_claw.accounts.adapter.MFAAdapter"
 MFA_SUPPORTED_TYPES = ["totp", "recovery_codes"]
-MFA_TOTP_ISSUER = "Safer-Claw"
+MFA_TOTP_ISSUER = SITE_NAME
 LOGIN_URL = "account_login"
 LOGIN_REDIRECT_URL = "dashboard:home"
 ACCOUNT_LOGOUT_REDIRECT_URL = "account_login"
