@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import re
-import struct
-import time
 
 import pytest
 from django.core import mail
@@ -15,18 +10,9 @@ from django.urls import reverse
 
 from safer_claw.accounts.models import User
 from safer_claw.accounts.tests.factories import PASSWORD
+from safer_claw.accounts.tests.helpers import totp
 
 pytestmark = pytest.mark.django_db
-
-
-def totp(secret: str, at: float | None = None) -> str:
-    """RFC 6238 (SHA-1, 30 s, 6 digits), written out so the test checks allauth."""
-    counter = int((time.time() if at is None else at) // 30)
-    key = base64.b32decode(secret + "=" * (-len(secret) % 8))
-    digest = hmac.new(key, struct.pack(">Q", counter), hashlib.sha1).digest()
-    offset = digest[-1] & 0x0F
-    code = (struct.unpack(">I", digest[offset : offset + 4])[0] & 0x7FFFFFFF) % 1_000_000
-    return f"{code:06d}"
 
 
 def test_signup_sends_a_verification_email_and_the_link_signs_in(
