@@ -90,6 +90,8 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "allauth.account.middleware.AccountMiddleware",
+    # After allauth's: staff sessions without a second factor reach only its setup.
+    "safer_claw.accounts.middleware.StaffSecondFactorMiddleware",
 ]
 
 ROOT_URLCONF = "safer_claw.urls"
@@ -218,6 +220,9 @@ SITE_DOMAIN = env.str(
 MFA_ADAPTER = "safer_claw.accounts.adapter.MFAAdapter"
 MFA_SUPPORTED_TYPES = ["totp", "recovery_codes"]
 MFA_TOTP_ISSUER = SITE_NAME
+# Accept the code of the previous and next 30 s step too (clock skew, typing
+# time); allauth still refuses a code used once within that window.
+MFA_TOTP_TOLERANCE = 1
 LOGIN_URL = "account_login"
 LOGIN_REDIRECT_URL = "dashboard:home"
 ACCOUNT_LOGOUT_REDIRECT_URL = "account_login"

@@ -1,3 +1,4 @@
+from allauth.account.decorators import secure_admin_login
 from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
@@ -6,6 +7,10 @@ from agents import webhooks
 from billing.webhooks import stripe_webhook
 from gateway.apis import AgentUsageApi
 from safer_claw import views
+
+# Admin has no sign-in of its own: /admin/login/ sends people to allauth's, with
+# its throttles and second factor (and staff must have one: StaffSecondFactorMiddleware).
+admin.site.login = secure_admin_login(admin.site.login)
 
 urlpatterns = [
     path("", views.root, name="root"),
