@@ -7,6 +7,7 @@ it refuses to start unless the secrets it needs are configured.
 
 from __future__ import annotations
 
+import datetime as dt
 import secrets
 import warnings
 from pathlib import Path
@@ -223,6 +224,9 @@ MFA_TOTP_ISSUER = SITE_NAME
 # Accept the code of the previous and next 30 s step too (clock skew, typing
 # time); allauth still refuses a code used once within that window.
 MFA_TOTP_TOLERANCE = 1
+# How long a sign-in or re-authentication counts as recent: for allauth's own
+# sensitive steps and for minting API tokens (safer_claw.accounts.selectors).
+ACCOUNT_REAUTHENTICATION_TIMEOUT = 300
 LOGIN_URL = "account_login"
 LOGIN_REDIRECT_URL = "dashboard:home"
 ACCOUNT_LOGOUT_REDIRECT_URL = "account_login"
@@ -248,7 +252,15 @@ REST_FRAMEWORK = {
     "EXCEPTION_HANDLER": "safer_claw.api.exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
 }
-REST_KNOX = {"TOKEN_TTL": None, "AUTO_REFRESH": False, "TOKEN_PREFIX": "sc_api_"}
+# API tokens expire: a lost or leaked one stops working by itself.
+API_TOKEN_TTL_DAYS = env.int("API_TOKEN_TTL_DAYS", default=30)
+if not 1 <= API_TOKEN_TTL_DAYS <= 366:
+    raise ImproperlyConfigured("API_TOKEN_TTL_DAYS must be between 1 and 366.")
+REST_KNOX = {
+    "TOKEN_TTL": dt.timedelta(days=API_TOKEN_TTL_DAYS),
+    "AUTO_REFRESH": False,
+    "TOKEN_PREFIX": "sc_api_",
+}
 SPECTACULAR_SETTINGS = {"TITLE": "Safer-Claw API", "VERSION": "1"}
 
 # --- Email ------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from agents import webhooks
 from billing.webhooks import stripe_webhook
 from gateway.apis import AgentUsageApi
 from safer_claw import views
+from safer_claw.accounts import views as account_views
 
 # Admin has no sign-in of its own: /admin/login/ sends people to allauth's, with
 # its throttles and second factor (and staff must have one: StaffSecondFactorMiddleware).
@@ -15,6 +16,7 @@ admin.site.login = secure_admin_login(admin.site.login)
 urlpatterns = [
     path("", views.root, name="root"),
     path("admin/", admin.site.urls),
+    path("accounts/api-tokens/", account_views.api_tokens, name="account_api_tokens"),
     path("accounts/", include("allauth.urls")),
     path("dashboard/", include("agents.urls")),
     path("billing/", include("billing.urls")),

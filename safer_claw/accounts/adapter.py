@@ -60,6 +60,12 @@ class AccountAdapter(DefaultAccountAdapter):
     def format_email_subject(self, subject: str) -> str:
         return f"[{settings.SITE_NAME}] {force_str(subject)}"
 
+    def get_reauthentication_methods(self, user: Any) -> list[dict]:
+        """The authenticator code first, when the account has one: re-authenticating
+        for something sensitive (an API token) asks for the strongest factor."""
+        methods = super().get_reauthentication_methods(user)
+        return sorted(methods, key=lambda method: method["id"] != "mfa_reauthenticate")
+
     def _get_login_attempts_cache_key(self, request: HttpRequest, **credentials: Any) -> str:
         """The `key` of the `login_failed` rate limit: the account *and* the client's IP.
 

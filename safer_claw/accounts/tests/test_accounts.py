@@ -1,4 +1,4 @@
-"""Sign-up with email verification, TOTP, and API tokens."""
+"""Sign-up with email verification, TOTP, the API's error shape."""
 
 from __future__ import annotations
 
@@ -85,40 +85,6 @@ def test_api_refuses_anonymous_with_401_in_the_error_shape(client):
     assert response.status_code == 401
     assert response.json()["error"]["code"] == "not_authenticated"
     assert "WWW-Authenticate" in response
-
-
-def test_signed_in_user_mints_a_token_that_scripts_can_use(client, alice):
-    client.force_login(alice)
-    token = client.post("/api/auth/tokens/").json()["token"]
-    assert token.startswith("sc_api_")
-
-    from django.test import Client
-
-    script = Client()
-    response = script.get("/api/me/", headers={"Authorization": f"Token {token}"})
-    assert response.status_code == 200
-    assert response.json()["email"] == alice.email
-
-    script.post("/api/auth/tokens/current/", headers={"Authorization": f"Token {token}"})
-    assert script.get("/api/me/", headers={"Authorization": f"Token {token}"}).status_code == 401
-
-
-def test_a_password_alone_cannot_mint_a_token(client, alice):
-    import base64 as b64
-
-    basic = b64.b64encode(f"{alice.email}:{PASSWORD}".encode()).decode()
-    response = client.post("/api/auth/tokens/", headers={"Authorization": f"Basic {basic}"})
-    assert response.status_code in (401, 403)
-
-
-def test_session_api_calls_need_csrf(alice):
-    from django.test import Client
-
-    browser = Client(enforce_csrf_checks=True)
-    browser.force_login(alice)
-    response = browser.post("/api/auth/tokens/")
-    assert response.status_code == 403
-    assert "CSRF" in response.json()["error"]["message"]
 
 
 def test_login_page_and_admin_are_served(client, admin_client):
