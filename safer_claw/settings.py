@@ -69,6 +69,8 @@ INSTALLED_APPS = [
     "rest_framework",
     "knox",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "csp",
     "allauth",
     "allauth.account",
     "allauth.mfa",
@@ -83,6 +85,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "safer_claw.csp.ContentSecurityPolicyMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -261,7 +264,16 @@ REST_KNOX = {
     "AUTO_REFRESH": False,
     "TOKEN_PREFIX": "sc_api_",
 }
-SPECTACULAR_SETTINGS = {"TITLE": "Safer-Claw API", "VERSION": "1"}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Safer-Claw API",
+    "VERSION": "1",
+    # Swagger UI from our own static files (drf-spectacular-sidecar), not a CDN;
+    # no online validator badge (an image from validator.swagger.io).
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "SWAGGER_UI_SETTINGS": {"deepLinking": True, "validatorUrl": None},
+}
 
 # --- Email ------------------------------------------------------------------------------
 vars().update(env.email_url("EMAIL_URL", default="consolemail://"))
@@ -283,6 +295,24 @@ if not DEBUG:
     # Behind a TLS-terminating proxy, trust its X-Forwarded-Proto only when told to.
     if env.bool("TRUST_X_FORWARDED_PROTO", default=False):
         SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+
+# Content-Security-Policy on every response (safer_claw.csp adds Stripe's pages to
+# form-action): nothing from another origin, no inline script or style, no framing.
+# img-src allows data: for the TOTP QR code and Swagger UI's icons.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'"],
+        "img-src": ["'self'", "data:"],
+        "connect-src": ["'self'"],
+        "font-src": ["'self'"],
+        "object-src": ["'none'"],
+        "base-uri": ["'self'"],
+        "form-action": ["'self'"],
+        "frame-ancestors": ["'none'"],
+    }
+}
 
 # --- Static files ------------------------------------------------------------------------
 STATIC_URL = "static/"

@@ -1,7 +1,7 @@
 from allauth.account.decorators import secure_admin_login
 from django.contrib import admin
 from django.urls import include, path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
 from agents import webhooks
 from billing.webhooks import stripe_webhook
@@ -15,6 +15,7 @@ admin.site.login = secure_admin_login(admin.site.login)
 
 urlpatterns = [
     path("", views.root, name="root"),
+    path("favicon.ico", views.favicon),
     path("admin/", admin.site.urls),
     path("accounts/api-tokens/", account_views.api_tokens, name="account_api_tokens"),
     path("accounts/", include("allauth.urls")),
@@ -28,7 +29,8 @@ urlpatterns = [
     path("webhooks/agent-kill/<str:agent_id>", webhooks.agent_kill, name="webhook-agent-kill"),
     path("agent-api/v1/", include("agents.agent_api_urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
-    path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+    # The split view serves Swagger UI's start-up script as a file: no inline script.
+    path("api/docs/", SpectacularSwaggerSplitView.as_view(url_name="api-schema"), name="api-docs"),
 ]
 
 handler404 = "safer_claw.views.not_found"
