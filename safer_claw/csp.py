@@ -19,6 +19,13 @@ STRIPE_BROWSER_ORIGINS = ("https://checkout.stripe.com", "https://billing.stripe
 
 
 class ContentSecurityPolicyMiddleware(CSPMiddleware):
+    async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
+        # Under ASGI, Django would run both steps in a worker thread each; they only
+        # read settings and build a string, so they run on the event loop instead.
+        self.process_request(request)
+        response = await self.get_response(request)
+        return self.process_response(request, response)
+
     def get_policy_parts(
         self, request: HttpRequest, response: HttpResponseBase, report_only: bool = False
     ) -> PolicyParts:

@@ -6,7 +6,8 @@ from __future__ import annotations
 from urllib.parse import urlencode
 
 import pytest
-from django.test import Client
+from asgiref.sync import async_to_sync
+from django.test import AsyncClient, Client
 from django.urls import reverse
 
 from safer_claw.accounts.tests.factories import PASSWORD, UserFactory
@@ -115,3 +116,20 @@ def test_people_who_are_not_staff_are_not_asked_for_a_second_factor(client, alic
     sign_in(client, alice)
     assert client.get("/dashboard/").status_code == 200
     assert client.get("/admin/").status_code == 302  # and admin stays closed to them
+
+
+def test_the_gate_holds_under_asgi_too(staff, alice):
+    """uvicorn serves Django as ASGI: the middleware's async path is the one production runs."""
+
+    async def get(user, path: str):
+        client = AsyncClient()
+        await client.aforce_login(user)
+        return await client.get(path)
+
+    response = async_to_sync(get)(staff, "/admin/")
+    assert response.status_code == 302
+    assert response["Location"] == with_next("mfa_activate_totp", "/admin/")
+    assert "default-src 'self'" in response["Content-Security-Policy"]
+    response = async_to_sync(get)(alice, "/dashboard/")
+    assert response.status_code == 200
+    assert "frame-ancestors 'none'" in response["Content-Security-Policy"]
