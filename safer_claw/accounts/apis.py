@@ -7,6 +7,7 @@ strongest factor (``selectors.may_mint_api_token``), never with another token.
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from urllib.parse import urlencode
 
 from django.conf import settings
@@ -34,7 +35,12 @@ RefusalSerializer = inline_serializer(
             "TokenRefusalDetail",
             {
                 "code": serializers.ChoiceField(
-                    choices=["reauthentication_required", "session_required"]
+                    # The last: a staff session without its second factor (accounts.middleware).
+                    choices=[
+                        "reauthentication_required",
+                        "session_required",
+                        "second_factor_required",
+                    ]
                 ),
                 "message": serializers.CharField(),
                 "reauthenticate_url": serializers.CharField(required=False),
@@ -99,7 +105,7 @@ class TokensApi(APIView):
         if not may_mint_api_token(request):
             return Response(_reauthentication_required(request), status=status.HTTP_403_FORBIDDEN)
         info, token = mint_api_token(user=request.user)
-        data = CreatedTokenSerializer({**info.__dict__, "token": token}).data
+        data = CreatedTokenSerializer({**asdict(info), "token": token}).data
         return Response(data, status=status.HTTP_201_CREATED, headers={"Cache-Control": "no-store"})
 
     @extend_schema(
@@ -129,13 +135,14 @@ class TokenRevokeApi(LogoutView):
 
 
 def _reauthentication_required(request: Request) -> dict:
-    method = "mfa_reauthenticate" if has_second_factor(request.user) else "account_reauthenticate"
-    url = f"{reverse(method)}?{urlencode({'next': reverse(TOKENS_PAGE)})}"
+    if has_second_factor(request.user):
+        where, what = "mfa_reauthenticate", "authenticator code"
+    else:
+        where, what = "account_reauthenticate", "password"
     return error_body(
         "reauthentication_required",
-        "Creating an API token needs a fresh sign-in: confirm your "
-        + ("authenticator code" if method == "mfa_reauthenticate" else "password")
-        + f" at reauthenticate_url, then try again within "
+        f"Creating an API token needs a fresh sign-in: confirm your {what} at "
+        "reauthenticate_url, then try again within "
         f"{settings.ACCOUNT_REAUTHENTICATION_TIMEOUT // 60} minutes.",
-        reauthenticate_url=url,
+        reauthenticate_url=f"{reverse(where)}?{urlencode({'next': reverse(TOKENS_PAGE)})}",
     )
