@@ -7,6 +7,7 @@ import pytest
 from agents.services import create_agent
 from droplets.tests.factories import DropletFactory
 from safer_claw.accounts.tests.factories import UserFactory
+from safer_claw.accounts.tests.helpers import enable_totp, sign_in
 
 pytest_plugins = ["droplets.tests.fixtures"]
 
@@ -29,6 +30,23 @@ def alice(db):
 @pytest.fixture
 def bob(db):
     return UserFactory(email="bob@example.com")
+
+
+@pytest.fixture
+def admin_user(db):
+    """pytest-django's, as the product makes one: a verified email address and an
+    authenticator app (staff without one reach nothing but its setup)."""
+    return UserFactory(email="admin@example.com", is_staff=True, is_superuser=True)
+
+
+@pytest.fixture
+def admin_client(admin_user):
+    """Signed in as an operator is: the login page, then the authenticator's code."""
+    from django.test import Client
+
+    client = Client()
+    sign_in(client, admin_user, totp_secret=enable_totp(admin_user))
+    return client
 
 
 @pytest.fixture

@@ -213,6 +213,8 @@ class Agent(AgentLimits):
 
     class Meta:
         ordering = ["-created_at"]
+        # The kill switch from admin; "change agent" does not imply it.
+        permissions = [("kill_agent", "Can kill agents (kill switch)")]
         constraints = [
             models.UniqueConstraint(
                 fields=["owner", "name"],

@@ -76,7 +76,7 @@ class PlanAdmin(admin.ModelAdmin):
     def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
         return False  # subscriptions point at plans: retire one by unticking "offered"
 
-    @admin.action(description="Apply the plan's limits to its live agents")
+    @admin.action(description="Apply the plan's limits to its live agents", permissions=["change"])
     def apply_to_agents(self, request: HttpRequest, queryset: QuerySet[Plan]) -> None:
         for plan in queryset:
             count = apply_plan_to_agents(plan=plan, actor=request.user)
@@ -150,7 +150,12 @@ class FailedAgentAdmin(ReadOnlyAdmin):
             )
         return super().changelist_view(request, extra_context)
 
-    @admin.action(description="Retry the deploy")
+    def has_retry_deploy_permission(self, request: HttpRequest) -> bool:
+        # The list is read-only for everyone (has_change_permission is False); this
+        # model's "change" permission is what an operator needs to redeploy.
+        return request.user.has_perm("billing.change_failedagent")
+
+    @admin.action(description="Retry the deploy", permissions=["retry_deploy"])
     def retry_deploys(self, request: HttpRequest, queryset: QuerySet[FailedAgent]) -> None:
         queued = 0
         for agent in queryset:

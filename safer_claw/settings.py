@@ -7,6 +7,7 @@ it refuses to start unless the secrets it needs are configured.
 
 from __future__ import annotations
 
+import datetime as dt
 import secrets
 import warnings
 from pathlib import Path
@@ -68,6 +69,8 @@ INSTALLED_APPS = [
     "rest_framework",
     "knox",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "csp",
     "allauth",
     "allauth.account",
     "allauth.mfa",
@@ -82,6 +85,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "safer_claw.csp.ContentSecurityPolicyMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -90,6 +94,8 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "allauth.account.middleware.AccountMiddleware",
+    # After allauth's: staff sessions without a second factor reach only its setup.
+    "safer_claw.accounts.middleware.StaffSecondFactorMiddleware",
 ]
 
 ROOT_URLCONF = "safer_claw.urls"
@@ -199,14 +205,31 @@ ACCOUNT_UNIQUE_EMAIL = True
 ACCOUNT_EMAIL_VERIFICATION = "mandatory"
 ACCOUNT_LOGIN_ON_EMAIL_CONFIRMATION = True
 ACCOUNT_PREVENT_ENUMERATION = True
-# Failed logins are throttled per IP and per account (allauth's cache-based limits).
+# Failed logins are throttled per client IP and per client IP + account (our
+# adapter puts the IP into allauth's `key`): one client's guesses are cut off,
+# while the owner, from any other address, still signs in with the right password.
 ACCOUNT_RATE_LIMITS = {
-    "login_failed": env.str("LOGIN_FAILED_RATE_LIMIT", default="10/m/ip,5/5m/key"),
+    "login_failed": env.str("LOGIN_FAILED_RATE_LIMIT", default="10/m/ip,30/h/ip,5/5m/key"),
     "signup": "20/m/ip",
 }
+# Behind a reverse proxy every client has the proxy's address: say how many
+# proxies append to X-Forwarded-For, or the per-IP limits throttle everyone at once.
+ALLAUTH_TRUSTED_PROXY_COUNT = env.int("TRUSTED_PROXY_COUNT", default=0)
+# The name and domain that emails (and the authenticator app) show.
+SITE_NAME = env.str("SITE_NAME", default="Safer-Claw")
+SITE_DOMAIN = env.str(
+    "SITE_DOMAIN",
+    default=ALLOWED_HOSTS[0].lstrip(".") if ALLOWED_HOSTS[0] != "*" else "localhost",
+)
 MFA_ADAPTER = "safer_claw.accounts.adapter.MFAAdapter"
 MFA_SUPPORTED_TYPES = ["totp", "recovery_codes"]
-MFA_TOTP_ISSUER = "Safer-Claw"
+MFA_TOTP_ISSUER = SITE_NAME
+# Accept the code of the previous and next 30 s step too (clock skew, typing
+# time); allauth still refuses a code used once within that window.
+MFA_TOTP_TOLERANCE = 1
+# How long a sign-in or re-authentication counts as recent: for allauth's own
+# sensitive steps and for minting API tokens (safer_claw.accounts.selectors).
+ACCOUNT_REAUTHENTICATION_TIMEOUT = 300
 LOGIN_URL = "account_login"
 LOGIN_REDIRECT_URL = "dashboard:home"
 ACCOUNT_LOGOUT_REDIRECT_URL = "account_login"
@@ -232,8 +255,25 @@ REST_FRAMEWORK = {
     "EXCEPTION_HANDLER": "safer_claw.api.exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
 }
-REST_KNOX = {"TOKEN_TTL": None, "AUTO_REFRESH": False, "TOKEN_PREFIX": "sc_api_"}
-SPECTACULAR_SETTINGS = {"TITLE": "Safer-Claw API", "VERSION": "1"}
+# API tokens expire: a lost or leaked one stops working by itself.
+API_TOKEN_TTL_DAYS = env.int("API_TOKEN_TTL_DAYS", default=30)
+if not 1 <= API_TOKEN_TTL_DAYS <= 366:
+    raise ImproperlyConfigured("API_TOKEN_TTL_DAYS must be between 1 and 366.")
+REST_KNOX = {
+    "TOKEN_TTL": dt.timedelta(days=API_TOKEN_TTL_DAYS),
+    "AUTO_REFRESH": False,
+    "TOKEN_PREFIX": "sc_api_",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Safer-Claw API",
+    "VERSION": "1",
+    # Swagger UI from our own static files (drf-spectacular-sidecar), not a CDN;
+    # no online validator badge (an image from validator.swagger.io).
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "SWAGGER_UI_SETTINGS": {"deepLinking": True, "validatorUrl": None},
+}
 
 # --- Email ------------------------------------------------------------------------------
 vars().update(env.email_url("EMAIL_URL", default="consolemail://"))
@@ -255,6 +295,24 @@ if not DEBUG:
     # Behind a TLS-terminating proxy, trust its X-Forwarded-Proto only when told to.
     if env.bool("TRUST_X_FORWARDED_PROTO", default=False):
         SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+
+# Content-Security-Policy on every response (safer_claw.csp adds Stripe's pages to
+# form-action): nothing from another origin, no inline script or style, no framing.
+# img-src allows data: for the TOTP QR code and Swagger UI's icons.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'"],
+        "img-src": ["'self'", "data:"],
+        "connect-src": ["'self'"],
+        "font-src": ["'self'"],
+        "object-src": ["'none'"],
+        "base-uri": ["'self'"],
+        "form-action": ["'self'"],
+        "frame-ancestors": ["'none'"],
+    }
+}
 
 # --- Static files ------------------------------------------------------------------------
 STATIC_URL = "static/"

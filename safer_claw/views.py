@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
+from django.templatetags.static import static
 
 from safer_claw.api import error_response
 
@@ -12,6 +13,11 @@ JSON_PREFIXES = ("/api/", "/webhooks/", "/gateway/", "/agent-api/")
 
 def root(request: HttpRequest) -> HttpResponse:
     return redirect("dashboard:home")
+
+
+def favicon(request: HttpRequest) -> HttpResponse:
+    """Browsers ask every site for /favicon.ico (admin's pages name none)."""
+    return redirect(static("favicon.svg"), permanent=True)
 
 
 def _wants_json(request: HttpRequest) -> bool:

@@ -37,6 +37,7 @@ from droplets.docker_client import DropletError
 from droplets.models import Droplet, DropletStatus
 from droplets.tests.factories import DropletFactory
 from safer_claw.accounts.tests.factories import UserFactory
+from safer_claw.accounts.tests.helpers import enable_totp, sign_in
 from safer_claw.celery import app as celery_app
 
 S = AgentStatus
@@ -513,7 +514,7 @@ def test_admin_kills_all_agents_of_a_user_and_no_one_elses(client, alice, bob, r
     unpaid = create_agent(owner=alice, name="second")
     bobs = deploy_agent(agent=paid(create_agent(owner=bob, name="bobs")))
     operator = UserFactory(is_staff=True, is_superuser=True)
-    client.force_login(operator)
+    sign_in(client, operator, totp_secret=enable_totp(operator))  # operators need the code
 
     response = client.post(
         "/admin/accounts/user/",
@@ -536,7 +537,8 @@ def test_admin_kills_all_agents_of_a_user_and_no_one_elses(client, alice, bob, r
 @pytest.mark.django_db
 def test_admin_lists_kill_switch_calls(client, agent):
     kill(client, agent.id, secret=WRONG_SECRET)
-    client.force_login(UserFactory(is_staff=True, is_superuser=True))
+    operator = UserFactory(is_staff=True, is_superuser=True)
+    sign_in(client, operator, totp_secret=enable_totp(operator))
     response = client.get("/admin/agents/killswitchcall/")
     assert response.status_code == 200
     assert str(agent.id) in response.content.decode()

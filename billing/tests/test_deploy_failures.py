@@ -19,6 +19,7 @@ from droplets.containers import container_state
 from droplets.models import Droplet, DropletStatus
 from droplets.tests.factories import DropletFactory
 from safer_claw.accounts.tests.factories import UserFactory
+from safer_claw.accounts.tests.helpers import enable_totp, sign_in
 
 S = AgentStatus
 transactional = pytest.mark.django_db(transaction=True)
@@ -89,7 +90,7 @@ def test_retries_back_off_exponentially_with_a_little_jitter(settings):
 @transactional
 def test_operators_see_failed_agents_in_admin(client, failed_agent):
     operator = UserFactory(is_staff=True, is_superuser=True)
-    client.force_login(operator)
+    sign_in(client, operator, totp_secret=enable_totp(operator))  # operators need the code
 
     page = client.get(reverse("admin:billing_failedagent_changelist")).content.decode()
 
@@ -104,7 +105,7 @@ def test_an_operator_retries_a_failed_deploy_from_admin(
     client, failed_agent, local_droplet, engines
 ):
     operator = UserFactory(is_staff=True, is_superuser=True)
-    client.force_login(operator)
+    sign_in(client, operator, totp_secret=enable_totp(operator))  # operators need the code
 
     client.post(
         reverse("admin:billing_failedagent_changelist"),
@@ -139,7 +140,7 @@ def test_an_agent_whose_payment_failed_is_not_deployed_again(client, stripe_api,
     failed = stripe_api.invoice_event("invoice.payment_failed", subscription.stripe_subscription_id)
     assert post_event(client, failed).json()["message"] == "past due; agent left failed"
     operator = UserFactory(is_staff=True, is_superuser=True)
-    client.force_login(operator)
+    sign_in(client, operator, totp_secret=enable_totp(operator))  # operators need the code
 
     response = client.post(
         reverse("admin:billing_failedagent_changelist"),

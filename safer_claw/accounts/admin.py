@@ -1,5 +1,9 @@
+from __future__ import annotations
+
 from django.contrib import admin, messages
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
+from django.db.models import QuerySet
+from django.http import HttpRequest
 
 from agents.kill_switch import PENDING, kill_agents_of_owner
 from safer_claw.accounts.models import User
@@ -19,8 +23,11 @@ class UserAdmin(BaseUserAdmin):
     readonly_fields = ["last_login", "date_joined"]
     actions = ["kill_all_agents"]
 
-    @admin.action(description="Kill all agents of the selected users")
-    def kill_all_agents(self, request, queryset) -> None:
+    def has_kill_agent_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("agents.kill_agent")
+
+    @admin.action(description="Kill all agents of the selected users", permissions=["kill_agent"])
+    def kill_all_agents(self, request: HttpRequest, queryset: QuerySet[User]) -> None:
         """The kill switch for every agent of these users: tokens revoked, containers stopped."""
         for user in queryset:
             outcomes = kill_agents_of_owner(owner=user, actor=request.user)
