@@ -6,7 +6,7 @@ from django.db import migrations
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('agents', '0007_limits_model_steps_and_billing_active'),
+        ('agents', '0008_run_counters'),
     ]
 
     operations = [
