@@ -31,7 +31,6 @@ from droplets.models import Droplet
 from droplets.tests.factories import DropletFactory
 from gateway.metering import pause_for_cap
 from gateway.tasks import resume_agents_below_caps
-from safer_claw.accounts.tests.factories import UserFactory
 
 S = AgentStatus
 
@@ -221,12 +220,11 @@ def test_deploy_agent_refuses_an_agent_nothing_pays_for(alice, dead_droplet):
 
 
 @pytest.mark.django_db
-def test_retrying_from_admin_refuses_an_agent_nothing_pays_for(client, alice):
+def test_retrying_from_admin_refuses_an_agent_nothing_pays_for(admin_client, alice):
     agent = create_agent(owner=alice, name="helper", provider_key="sk-test")
     Agent.objects.filter(pk=agent.pk).update(status=S.FAILED, status_reason="deploy failed: x")
-    client.force_login(UserFactory(is_staff=True, is_superuser=True))
 
-    response = client.post(
+    response = admin_client.post(
         reverse("admin:billing_failedagent_changelist"),
         {"action": "retry_deploys", "_selected_action": [str(agent.pk)]},
         follow=True,
