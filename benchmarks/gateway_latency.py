@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import time
 from collections import Counter
@@ -36,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.deploy_latency import machine, percentile  # noqa: E402
 from benchmarks.gateway_targets import (  # noqa: E402
+    GATEWAY_WORKERS,
     LITELLM_VERSION,
     MODELS,
     Target,
@@ -249,6 +251,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def load() -> str:
+    return ", ".join(f"{value:.2f}" for value in os.getloadavg())
+
+
 def describe_machine() -> str:
     try:
         return machine()
@@ -271,10 +277,13 @@ def main(argv: list[str] | None = None) -> None:
             print("==> starting LiteLLM's proxy")
             targets.append(stack.enter_context(litellm_proxy(logs, upstream)))
         print(f"machine: {describe_machine()}")
+        print(f"load average at start (1, 5, 15 min): {load()}  (the machine is shared)")
         print(
             f"upstream stand-in: uvicorn (uvloop, httptools), {args.reply_words}-word replies; "
-            "ours: safer_claw.asgi under uvicorn (1 worker, uvloop, httptools, DEBUG off, "
-            f"PostgreSQL, Redis); LiteLLM {LITELLM_VERSION} proxy (1 worker, no database)"
+            f"ours: safer_claw.asgi under uvicorn ({GATEWAY_WORKERS} workers: one per core, "
+            "uvloop, httptools, DEBUG off, PostgreSQL; metering, caps, allow-lists, a run, "
+            f"durable settlement); LiteLLM {LITELLM_VERSION} proxy ({GATEWAY_WORKERS} workers, "
+            "no database)"
         )
         print(
             f"per cell: {args.warmup} warm-up calls, then {args.sequential} sequential calls, "
@@ -286,7 +295,8 @@ def main(argv: list[str] | None = None) -> None:
                 results = uvloop.run(measure(targets, provider, stream, args))
                 kind = "streaming (ttfb: first body byte)" if stream else "non-streaming"
                 print_section(f"{provider} {MODELS[provider]}, {kind}", stream, results)
-    print(f"\ntotal run time: {time.monotonic() - started:.0f} s")
+    print(f"\nload average at end (1, 5, 15 min): {load()}")
+    print(f"total run time: {time.monotonic() - started:.0f} s")
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ REDIS_URL = "redis://127.0.0.1:6379/7"
 UPSTREAM_KEY = "sk-bench-upstream-provider-key"
 MODELS = {"openai": "gpt-4o-mini", "anthropic": "claude-haiku-4-5"}
 PATHS = {"openai": "/v1/chat/completions", "anthropic": "/v1/messages"}
+GATEWAY_WORKERS = int(os.environ.get("BENCH_GATEWAY_WORKERS") or os.cpu_count() or 1)
 
 
 @dataclass
@@ -221,17 +222,32 @@ def gateway_env(upstream: str) -> dict[str, str]:
     }
 
 
-# Run with manage.py shell -c: a running agent with caps no benchmark reaches, and prices.
+# Run with manage.py shell -c: a running, paid agent in an active run (the calls are
+# charged to it, as the runtime's are), limits no benchmark reaches, and prices.
 PREPARE_AGENTS = """
+import datetime as dt
 from decimal import Decimal
+from django.utils import timezone
+from agents.conversations import Message, Run
 from agents.models import Agent
 from gateway.models import ModelPrice
 Agent.objects.filter(pk__in={ids!r}).update(
     status="running",
+    billing_active=True,
     daily_token_cap=10**12,
     monthly_cost_cap=Decimal("1000000"),
     max_requests_per_minute=1_000_000,
+    max_model_steps_per_run=10**9,
+    max_tool_calls_per_run=10**9,
+    max_tool_calls_per_day=10**9,
 )
+for agent in Agent.objects.filter(pk__in={ids!r}):
+    now = timezone.now()
+    message = Message.objects.create(agent=agent, role="owner", content="benchmark")
+    Run.objects.create(
+        agent=agent, message=message, status="active", started_at=now,
+        deadline=now + dt.timedelta(days=1),
+    )
 for provider, model in {models!r}.items():
     ModelPrice.objects.update_or_create(
         provider=provider,
@@ -239,6 +255,8 @@ for provider, model in {models!r}.items():
         defaults=dict(
             input_per_mtok=Decimal("0.15"),
             cached_input_per_mtok=Decimal("0.075"),
+            cache_write_5m_per_mtok=Decimal("0.1875"),
+            cache_write_1h_per_mtok=Decimal("0.30"),
             output_per_mtok=Decimal("0.60"),
         ),
     )
@@ -289,7 +307,10 @@ def our_gateway(logs: Path, upstream: str, providers: list[str]) -> Iterator[Tar
             stack.callback(flush_redis)
             tokens = prepare_gateway(env, providers)
             port = free_port()
-            command = uvicorn_command("safer_claw.asgi:application", port)
+            # As production runs it: one uvicorn worker per core.
+            command = uvicorn_command(
+                "safer_claw.asgi:application", port, "--workers", str(GATEWAY_WORKERS)
+            )
             log_path = stack.enter_context(process("gateway", command, env, logs))
             base = f"http://127.0.0.1:{port}"
             wait_ready(base, log_path, timeout=60)
@@ -396,7 +417,7 @@ def litellm_proxy(logs: Path, upstream: str) -> Iterator[Target]:
                 "--port",
                 str(port),
                 "--num_workers",
-                "1",
+                str(GATEWAY_WORKERS),  # as many as ours get
             ]
             log_path = stack.enter_context(process("litellm", command, env, logs))
             base = f"http://127.0.0.1:{port}"

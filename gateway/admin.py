@@ -2,8 +2,8 @@ from __future__ import annotations
 
 from django.contrib import admin
 
-from gateway.proxy import forget_prices
 from gateway.models import ModelPrice, UsageRecord
+from gateway.proxy import forget_prices
 
 
 @admin.register(ModelPrice)

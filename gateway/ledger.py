@@ -145,7 +145,13 @@ def price_from_row(row: tuple | None) -> Price | None:
 
 
 def admit_params(
-    *, token_hash: str, config: AgentConfig, call: Call, provider: str, cost: Decimal, now: dt.datetime
+    *,
+    token_hash: str,
+    config: AgentConfig,
+    call: Call,
+    provider: str,
+    cost: Decimal,
+    now: dt.datetime,
 ) -> dict[str, Any]:
     tools = config.allowed_tools
     return {
@@ -400,7 +406,9 @@ class ThreadLedger:
     async def admit(self, params: dict[str, Any]) -> Verdict | None:
         return await in_db(admit_sync, params)
 
-    async def settle(self, reservation: Reservation, outcome: Outcome, *, model: str, now) -> AgentState | None:
+    async def settle(
+        self, reservation: Reservation, outcome: Outcome, *, model: str, now
+    ) -> AgentState | None:
         return await in_db(settle_sync, reservation, outcome, model=model, now=now)
 
     async def refusal_step(self, params: dict[str, Any]) -> None:
@@ -449,7 +457,9 @@ class PgLedger:
         rows = await self._rows(ledger_sql.POSTGRESQL.admit, params)
         return verdict_from_row(rows[0]) if rows else None
 
-    async def settle(self, reservation: Reservation, outcome: Outcome, *, model: str, now) -> AgentState | None:
+    async def settle(
+        self, reservation: Reservation, outcome: Outcome, *, model: str, now
+    ) -> AgentState | None:
         params = settle_params(reservation, outcome, model=model, now=now)
         rows = await self._rows(ledger_sql.POSTGRESQL.settle, params)
         return state_from_row(reservation.agent_id, rows[0] if rows else None)

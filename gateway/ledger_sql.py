@@ -211,7 +211,8 @@ SELECT * FROM charged"""
         price=PRICE_ROW,
         admit=admit,
         settle=settle,
-        refused_step=STEP_INSERT + "VALUES (%(run)s, 'refused', %(model)s, %(detail)s::jsonb, %(now)s)",
+        refused_step=STEP_INSERT
+        + "VALUES (%(run)s, 'refused', %(model)s, %(detail)s::jsonb, %(now)s)",
     )
 
 

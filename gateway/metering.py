@@ -82,7 +82,11 @@ class Refusal:
 # verdict code -> (status, limit field, message template)
 _LIMITS: dict[str, tuple[int, str, str]] = {
     "rate": (429, "max_requests_per_minute", "Rate limit of {n} requests per minute reached."),
-    "run_runtime": (429, "max_runtime_seconds", "Max runtime per run ({n} s) is over for this run."),
+    "run_runtime": (
+        429,
+        "max_runtime_seconds",
+        "Max runtime per run ({n} s) is over for this run.",
+    ),
     "run_steps": (429, "max_model_steps_per_run", "Max model steps per run ({n}) reached."),
     "run_tools": (429, "max_tool_calls_per_run", "Max tool calls per run ({n}) reached."),
     "day_steps": (
@@ -131,7 +135,9 @@ def refusal_for(verdict, *, tokens: int, cost: Decimal) -> Refusal:
             "daily_token_cap",
         )
     if code == "tokens_inflight":
-        return Refusal(429, "Calls in flight hold the rest of the daily token cap; retry.", "daily_token_cap")
+        return Refusal(
+            429, "Calls in flight hold the rest of the daily token cap; retry.", "daily_token_cap"
+        )
     money = Decimal(str(verdict.monthly_cost_cap)).quantize(Decimal("0.01"))
     period = Decimal(str(verdict.cost_this_period))
     if code == "cost_cap":
@@ -149,7 +155,9 @@ def refusal_for(verdict, *, tokens: int, cost: Decimal) -> Refusal:
             "monthly_cost_cap",
         )
     if code == "cost_inflight":
-        return Refusal(429, "Calls in flight hold the rest of the monthly cost cap; retry.", "monthly_cost_cap")
+        return Refusal(
+            429, "Calls in flight hold the rest of the monthly cost cap; retry.", "monthly_cost_cap"
+        )
     raise ValueError(f"unknown verdict {code!r}")
 
 

@@ -27,10 +27,10 @@ from django.utils import timezone
 from agents.tokens import hash_token, looks_like_token
 from gateway.ledger import (
     AgentConfig,
-    close_loop_ledger,
     Outcome,
     Reservation,
     admit_params,
+    close_loop_ledger,
     in_db,
     ledger,
     refusal_params,
@@ -266,7 +266,9 @@ class Settler:
                 **kwargs,
             )
         else:  # the provider answered an error: it bills nothing
-            outcome = Outcome(status=outcome_status, http_status=http_status, latency_ms=latency, **kwargs)
+            outcome = Outcome(
+                status=outcome_status, http_status=http_status, latency_ms=latency, **kwargs
+            )
         # Shielded: a cancelled request still settles, so spend is never lost.
         await asyncio.shield(self._settle(outcome))
 
@@ -279,9 +281,8 @@ class Settler:
             # The pending row stays; the sweeper charges it in full.
             logger.exception("settling call %s failed", self.reservation.record_id)
             return
-        if state is not None and state.status == "running":
-            if _at_cap(state):
-                await in_db(pause_if_at_cap, state)
+        if state is not None and state.status == "running" and _at_cap(state):
+            await in_db(pause_if_at_cap, state)
 
 
 def _at_cap(state) -> bool:
@@ -441,7 +442,9 @@ async def pump_events(send, provider: Provider, meter: StreamMeter, response, go
                 passing.append(provider.stream_error_event(meter.error))
                 told = True
             if passing and not gone.is_set():
-                await send({"type": "http.response.body", "body": b"".join(passing), "more_body": True})
+                await send(
+                    {"type": "http.response.body", "body": b"".join(passing), "more_body": True}
+                )
             if meter.error:
                 return
     except TimeoutError:
@@ -502,7 +505,9 @@ async def read_body(receive, headers: dict[str, str], limit: int) -> bytes:
             return b"".join(chunks)
 
 
-async def refuse(send, provider: Provider, status: int, message: str, param: str | None = None) -> None:
+async def refuse(
+    send, provider: Provider, status: int, message: str, param: str | None = None
+) -> None:
     await respond_json(send, status, provider.error_body(status, message, param))
 
 

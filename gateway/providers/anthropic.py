@@ -62,11 +62,22 @@ CACHE_CONTROL = nullable(
     obj({"type": one_of("ephemeral"), "ttl": one_of("5m", "1h")}, required=("type",))
 )
 TEXT_BLOCK = obj(
-    {"type": string, "text": string, "cache_control": CACHE_CONTROL, "citations": nullable(list_of(anything))},
+    {
+        "type": string,
+        "text": string,
+        "cache_control": CACHE_CONTROL,
+        "citations": nullable(list_of(anything)),
+    },
     required=("text",),
 )
 TOOL_USE_BLOCK = obj(
-    {"type": string, "id": string, "name": string, "input": anything, "cache_control": CACHE_CONTROL},
+    {
+        "type": string,
+        "id": string,
+        "name": string,
+        "input": anything,
+        "cache_control": CACHE_CONTROL,
+    },
     required=("id", "name", "input"),
 )
 TOOL_RESULT_BLOCK = obj(
@@ -157,7 +168,9 @@ BODY = obj(
         "thinking": tagged(
             "type",
             {
-                "enabled": obj({"type": string, "budget_tokens": positive_int}, required=("budget_tokens",)),
+                "enabled": obj(
+                    {"type": string, "budget_tokens": positive_int}, required=("budget_tokens",)
+                ),
                 "disabled": obj({"type": string}),
             },
         ),

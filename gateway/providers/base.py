@@ -229,9 +229,7 @@ def obj(fields: dict[str, Check], *, required: tuple[str, ...] = ()) -> Check:
             where = f"{path}.{key}" if path else key
             check = fields.get(key)
             if check is None:
-                raise BadRequest(
-                    f"'{where}' is not accepted by this gateway.", param=where
-                )
+                raise BadRequest(f"'{where}' is not accepted by this gateway.", param=where)
             check(item, where)
         for key in required:
             if key not in value:
@@ -309,9 +307,7 @@ def event_data(event: bytes) -> bytes | None:
     return None
 
 
-def split_tools(
-    names: list[str], allowed: frozenset[str]
-) -> tuple[frozenset[str], list[str]]:
+def split_tools(names: list[str], allowed: frozenset[str]) -> tuple[frozenset[str], list[str]]:
     """The tool names kept (on the allow-list, in either spelling) and those dropped."""
     kept = frozenset(name for name in names if tool_key(name) in allowed)
     return kept, [name for name in names if name not in kept]

@@ -10,8 +10,8 @@ import pytest
 from agents.models import Agent, AgentStatus
 from agents.services import create_agent
 from agents.tokens import issue_agent_token
-from gateway.models import ModelPrice
 from gateway.ledger import close_ledgers
+from gateway.models import ModelPrice
 from gateway.proxy import forget_prices
 from gateway.tests.live import start_live_server
 
@@ -80,7 +80,9 @@ def make_agent(transactional_db, prices):
             provider=provider,
             provider_key=key,
         )
-        Agent.objects.filter(pk=agent.pk).update(**{"status": AgentStatus.RUNNING, "billing_active": True, **fields})
+        Agent.objects.filter(pk=agent.pk).update(
+            **{"status": AgentStatus.RUNNING, "billing_active": True, **fields}
+        )
         agent.refresh_from_db()
         return RunningAgent(agent=agent, token=issue_agent_token(agent=agent))
 

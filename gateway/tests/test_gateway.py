@@ -443,3 +443,39 @@ def test_sweeper_charges_a_call_that_never_settled_its_full_reservation(make_age
     assert (record.input_tokens, record.output_tokens) == (400, 100)
     assert charge_unsettled_calls(older_than=dt.timedelta(minutes=15)) == 0
     assert bot.refresh().tokens_today == 500  # charged once
+
+
+# --- Auth before work ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"[" * 100_000 + b"]" * 100_000, b"x" * (1024 * 1024 + 1), b"{not json"],
+    ids=["nested", "oversized", "malformed"],
+)
+@pytest.mark.parametrize(
+    "authorization", ["Bearer sca_unknown-token-0123456789", "Bearer anything", "Basic x"]
+)
+def test_nothing_is_read_or_parsed_before_the_token_is_accepted(gateway, body, authorization):
+    response = httpx.post(
+        f"{gateway}/gateway/openai/v1/chat/completions",
+        content=body,
+        headers={"authorization": authorization, "content-type": "application/json"},
+    )
+    assert response.status_code == 401
+    assert response.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_a_refusal_names_the_cap_that_binds(gateway, fake_providers, make_agent):
+    from agents.models import Agent
+
+    # A call in flight holds most of the daily token cap; the cost cap is far away.
+    bot = make_agent(daily_token_cap=1000, max_tokens_per_request=100)
+    Agent.objects.filter(pk=bot.agent.pk).update(reserved_tokens=900)
+    with pytest.raises(openai.RateLimitError) as excinfo:
+        openai_client(gateway, bot.token).chat.completions.create(
+            model="gpt-test", messages=MESSAGES
+        )
+    assert "Calls in flight hold the rest of the daily token cap" in str(excinfo.value)
+    assert "cost" not in str(excinfo.value)
+    assert fake_providers.requests == []
