@@ -21,6 +21,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connection, connections, transaction
+from psycopg import AsyncRawCursor
 
 from agents.models import Agent
 from gateway import ledger_sql
@@ -419,7 +420,19 @@ class ThreadLedger:
 
 
 class PgLedger:
-    """The ledger on the event loop: psycopg's AsyncConnection, one round trip a statement."""
+    """The ledger on the event loop: psycopg's AsyncConnection, one round trip a statement.
+
+    Statements commit without waiting for the WAL flush (``synchronous_commit
+    = off``): a disk's fsync on a shared machine costs more than the whole
+    latency budget, and a commit that waits for it holds the agent's row lock
+    meanwhile, so the agent's next admission would wait too. Their effects are
+    visible to every other call at once, so no cap can be passed. Settlement is
+    then made durable off the client's path and without holding any lock: a
+    second, empty transaction with an xid (``txid_current()``) commits with
+    ``synchronous_commit = on``, which flushes the WAL up to it, the settlement
+    (and every earlier admission) included. Only a crash of the database itself
+    within its WAL writer's delay could lose the last admissions.
+    """
 
     def __init__(self) -> None:
         from psycopg_pool import AsyncConnectionPool
@@ -428,48 +441,76 @@ class PgLedger:
         params.pop("cursor_factory", None)
         params.pop("context", None)
         params["autocommit"] = True  # each statement is its own transaction
-        self.pool = AsyncConnectionPool(
-            kwargs=params,
+        size = settings.GATEWAY_DB_POOL_SIZE
+        self.admit_pool = AsyncConnectionPool(
+            kwargs={**params, "options": "-c synchronous_commit=off"},
             min_size=1,
-            max_size=settings.GATEWAY_DB_POOL_SIZE,
+            max_size=size,
             open=False,
-            name="gateway",
+            name="gateway-admit",
         )
-        self._opened = False
+        self.flush_pool = AsyncConnectionPool(
+            kwargs=params, min_size=1, max_size=max(size // 2, 2), open=False, name="gateway-flush"
+        )
+        self._opening: asyncio.Future | None = None
+        self._flush_lock = asyncio.Lock()
+        self._settled = self._durable = 0  # settlements committed, and known on disk
 
-    async def _rows(self, sql: str, params: dict[str, Any]) -> list[tuple]:
-        if not self._opened:
-            self._opened = True
-            await self.pool.open()
-        async with self.pool.connection() as conn:
-            cursor = await conn.execute(sql, params, prepare=True)
+    async def _rows(
+        self, statement: str, params: dict[str, Any], *, durable: bool = False
+    ) -> list[tuple]:
+        if self._opening is None:
+            self._opening = asyncio.ensure_future(
+                asyncio.gather(self.admit_pool.open(), self.flush_pool.open())
+            )
+        await asyncio.shield(self._opening)
+        sql = ledger_sql.POSTGRESQL_RAW[statement]
+        pool = self.flush_pool if durable else self.admit_pool
+        async with pool.connection() as conn:
+            cursor = AsyncRawCursor(conn)
+            await cursor.execute(sql.text, sql.args(params), prepare=True)
             return await cursor.fetchall()
 
     async def config(self, token_hash: str) -> AgentConfig | None:
-        rows = await self._rows(ledger_sql.POSTGRESQL.config, {"hash": token_hash})
+        rows = await self._rows("config", {"hash": token_hash})
         return config_from_row(rows[0]) if rows else None
 
     async def price(self, provider: str, model: str) -> Price | None:
-        rows = await self._rows(ledger_sql.POSTGRESQL.price, {"provider": provider, "model": model})
+        rows = await self._rows("price", {"provider": provider, "model": model})
         return price_from_row(rows[0] if rows else None)
 
     async def admit(self, params: dict[str, Any]) -> Verdict | None:
-        rows = await self._rows(ledger_sql.POSTGRESQL.admit, params)
+        rows = await self._rows("admit", params)
         return verdict_from_row(rows[0]) if rows else None
 
     async def settle(
         self, reservation: Reservation, outcome: Outcome, *, model: str, now
     ) -> AgentState | None:
         params = settle_params(reservation, outcome, model=model, now=now)
-        rows = await self._rows(ledger_sql.POSTGRESQL.settle, params)
+        rows = await self._rows("settle", params)
+        self._settled += 1
+        await self._flush(self._settled)
         return state_from_row(reservation.agent_id, rows[0] if rows else None)
 
+    async def _flush(self, settled: int) -> None:
+        """Return once settlement number ``settled`` is on disk.
+
+        One flush at a time; settlements committed while one runs share the
+        next (a group commit), so concurrent calls need not flush each.
+        """
+        async with self._flush_lock:
+            if self._durable >= settled:
+                return
+            covered = self._settled
+            await self._rows("flush", {}, durable=True)  # holds no lock
+            self._durable = covered
+
     async def refusal_step(self, params: dict[str, Any]) -> None:
-        await self._rows(ledger_sql.POSTGRESQL.refused_step + " RETURNING id", params)
+        await self._rows("refused_step", params)
 
     async def close(self) -> None:
-        if self._opened:
-            await self.pool.close()
+        if self._opening is not None:
+            await asyncio.gather(self.admit_pool.close(), self.flush_pool.close())
 
 
 _ledgers: dict[asyncio.AbstractEventLoop, PgLedger | ThreadLedger] = {}

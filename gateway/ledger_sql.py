@@ -15,6 +15,8 @@ transaction. Table names come from the models; values are always parameters.
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from dataclasses import dataclass
 
 from agents.conversations import Run, RunStep
@@ -43,44 +45,46 @@ RATE = "(CASE WHEN a.rate_minute = %(minute)s THEN a.rate_count ELSE 0 END)"
 # Every limit, in the order they bind. "_inflight" verdicts would pass but for
 # calls still in flight (reservations not yet settled): the caller may retry.
 # Calls outside any run get a per-UTC-day allowance with the per-run limits.
-VERDICT = f"""CASE
-    WHEN NOT (a.ai_provider = %(cfg_provider)s AND COALESCE(a.ai_api_key, '') = %(cfg_key)s
-              AND a.max_tokens_per_request = %(cfg_max_tokens)s AND {{tools_eq}}) THEN 'stale'
-    WHEN a.status <> 'running' OR NOT a.billing_active THEN 'not_running'
-    WHEN {RATE} >= a.max_requests_per_minute THEN 'rate'
-    WHEN r.id IS NOT NULL AND r.deadline IS NOT NULL AND r.deadline <= %(now)s THEN 'run_runtime'
-    WHEN r.id IS NOT NULL AND r.model_calls >= a.max_model_steps_per_run THEN 'run_steps'
-    WHEN r.id IS NOT NULL AND r.model_calls + r.reserved_model_calls >= a.max_model_steps_per_run
-        THEN 'run_steps_inflight'
-    WHEN r.id IS NOT NULL AND %(tools)s > 0
-         AND r.requested_tool_calls + %(tools)s > a.max_tool_calls_per_run THEN 'run_tools'
-    WHEN r.id IS NOT NULL AND %(tools)s > 0
-         AND r.requested_tool_calls + r.reserved_model_calls + %(tools)s > a.max_tool_calls_per_run
-        THEN 'run_tools_inflight'
-    WHEN r.id IS NULL AND {LOOSE_STEPS} >= a.max_model_steps_per_run THEN 'day_steps'
-    WHEN r.id IS NULL AND {LOOSE_STEPS} + a.reserved_model_calls_outside_runs
-         >= a.max_model_steps_per_run THEN 'day_steps_inflight'
-    WHEN r.id IS NULL AND %(tools)s > 0 AND {LOOSE_TOOLS} + %(tools)s > a.max_tool_calls_per_run
-        THEN 'day_run_tools'
-    WHEN r.id IS NULL AND %(tools)s > 0
-         AND {LOOSE_TOOLS} + a.reserved_model_calls_outside_runs + %(tools)s
-             > a.max_tool_calls_per_run THEN 'day_run_tools_inflight'
-    WHEN %(tools)s > 0 AND {CALLS} + %(tools)s > a.max_tool_calls_per_day THEN 'day_tools'
-    WHEN %(tools)s > 0 AND {CALLS} + a.reserved_tool_calls + %(tools)s > a.max_tool_calls_per_day
-        THEN 'day_tools_inflight'
-    WHEN {SPENT} >= a.daily_token_cap THEN 'tokens_cap'
-    WHEN {SPENT} + %(tokens)s > a.daily_token_cap THEN 'tokens_call'
-    WHEN {SPENT} + a.reserved_tokens + %(tokens)s > a.daily_token_cap THEN 'tokens_inflight'
-    WHEN a.cost_this_period >= a.monthly_cost_cap THEN 'cost_cap'
-    WHEN a.cost_this_period + %(cost)s > a.monthly_cost_cap THEN 'cost_call'
-    WHEN a.cost_this_period + a.reserved_cost + %(cost)s > a.monthly_cost_cap THEN 'cost_inflight'
-    ELSE 'ok' END"""
+# ``a`` is the agent's row with DERIVED's columns, ``r`` its active run (or nulls).
+VERDICT = """CASE
+ WHEN NOT (a.ai_provider = %(cfg_provider)s AND COALESCE(a.ai_api_key, '') = %(cfg_key)s
+  AND a.max_tokens_per_request = %(cfg_max_tokens)s AND {tools_eq}) THEN 'stale'
+ WHEN a.status <> 'running' OR NOT a.billing_active THEN 'not_running'
+ WHEN a.rate >= a.max_requests_per_minute THEN 'rate'
+ WHEN r.id IS NOT NULL AND r.deadline <= %(now)s THEN 'run_runtime'
+ WHEN r.model_calls >= a.max_model_steps_per_run THEN 'run_steps'
+ WHEN r.model_calls + r.reserved_model_calls >= a.max_model_steps_per_run THEN 'run_steps_inflight'
+ WHEN %(tools)s > 0 AND r.requested_tool_calls + %(tools)s > a.max_tool_calls_per_run
+  THEN 'run_tools'
+ WHEN %(tools)s > 0
+  AND r.requested_tool_calls + r.reserved_model_calls + %(tools)s > a.max_tool_calls_per_run
+  THEN 'run_tools_inflight'
+ WHEN r.id IS NULL AND a.loose_steps >= a.max_model_steps_per_run THEN 'day_steps'
+ WHEN r.id IS NULL AND a.loose_steps + a.reserved_model_calls_outside_runs
+  >= a.max_model_steps_per_run THEN 'day_steps_inflight'
+ WHEN r.id IS NULL AND %(tools)s > 0 AND a.loose_tools + %(tools)s > a.max_tool_calls_per_run
+  THEN 'day_run_tools'
+ WHEN r.id IS NULL AND %(tools)s > 0 AND a.loose_tools + a.reserved_model_calls_outside_runs
+  + %(tools)s > a.max_tool_calls_per_run THEN 'day_run_tools_inflight'
+ WHEN %(tools)s > 0 AND a.calls + %(tools)s > a.max_tool_calls_per_day THEN 'day_tools'
+ WHEN %(tools)s > 0 AND a.calls + a.reserved_tool_calls + %(tools)s > a.max_tool_calls_per_day
+  THEN 'day_tools_inflight'
+ WHEN a.spent >= a.daily_token_cap THEN 'tokens_cap'
+ WHEN a.spent + %(tokens)s > a.daily_token_cap THEN 'tokens_call'
+ WHEN a.spent + a.reserved_tokens + %(tokens)s > a.daily_token_cap THEN 'tokens_inflight'
+ WHEN a.cost_this_period >= a.monthly_cost_cap THEN 'cost_cap'
+ WHEN a.cost_this_period + %(cost)s > a.monthly_cost_cap THEN 'cost_call'
+ WHEN a.cost_this_period + a.reserved_cost + %(cost)s > a.monthly_cost_cap THEN 'cost_inflight'
+ ELSE 'ok' END"""
+# Today's counters as the row says them, another day's read as zero; this minute's rate.
+DERIVED = f"""{SPENT} AS spent, {CALLS} AS calls, {LOOSE_STEPS} AS loose_steps,
+ {LOOSE_TOOLS} AS loose_tools, {RATE} AS rate"""
 
 # What a refusal message needs, returned with every verdict.
 VERDICT_COLUMNS = f"""a.id AS agent_id, r.id AS run_id, {VERDICT} AS code, a.status,
-    a.max_requests_per_minute, a.max_model_steps_per_run, a.max_tool_calls_per_run,
-    a.max_runtime_seconds, a.max_tool_calls_per_day, a.daily_token_cap, a.monthly_cost_cap,
-    {SPENT} AS spent_tokens, a.cost_this_period"""
+ a.max_requests_per_minute, a.max_model_steps_per_run, a.max_tool_calls_per_run,
+ a.max_runtime_seconds, a.max_tool_calls_per_day, a.daily_token_cap, a.monthly_cost_cap,
+ a.spent AS spent_tokens, a.cost_this_period"""
 
 RESERVE_SET = f"""
     rate_count = {RATE} + 1, rate_minute = %(minute)s,
@@ -156,6 +160,23 @@ class Statements:
     add_step: str = ""
     agent_state: str = ""
     refused_step: str = ""
+    flush: str = ""  # PostgreSQL: an empty transaction with an xid, committed durably
+
+
+# The columns the verdict reads: the rest of the row is never copied.
+LOCKED_AGENT = ", ".join(
+    f"a.{column}"
+    for column in (
+        "id", "ai_provider", "ai_api_key", "max_tokens_per_request", "allowed_tools", "status",
+        "billing_active", "rate_minute", "rate_count", "max_requests_per_minute",
+        "max_model_steps_per_run", "max_tool_calls_per_run", "max_runtime_seconds",
+        "max_tool_calls_per_day", "tokens_day", "tokens_today", "tool_calls_today",
+        "model_calls_outside_runs_today", "tool_calls_outside_runs_today",
+        "reserved_model_calls_outside_runs", "reserved_tool_calls", "daily_token_cap",
+        "reserved_tokens", "cost_this_period", "reserved_cost", "monthly_cost_cap",
+    )
+)  # fmt: skip
+LOCKED_RUN = "r.id, r.deadline, r.model_calls, r.reserved_model_calls, r.requested_tool_calls"
 
 
 def _postgresql() -> Statements:
@@ -164,11 +185,11 @@ def _postgresql() -> Statements:
     values = RECORD_VALUES.format(agent="v.agent_id", run="v.run_id", json="::jsonb")
     admit = f"""
 WITH la AS MATERIALIZED (
-    SELECT a.* FROM {TOKEN} t JOIN {AGENT} a ON a.id = t.agent_id
+    SELECT {LOCKED_AGENT}, {DERIVED} FROM {TOKEN} t JOIN {AGENT} a ON a.id = t.agent_id
     WHERE t.token_hash = %(hash)s AND t.revoked_at IS NULL
     FOR UPDATE OF a
 ), lr AS MATERIALIZED (
-    SELECT r.* FROM {RUN} r WHERE r.agent_id = (SELECT id FROM la) AND r.status = 'active'
+    SELECT {LOCKED_RUN} FROM {RUN} r WHERE r.agent_id = (SELECT id FROM la) AND r.status = 'active'
     FOR UPDATE
 ), v AS MATERIALIZED (
     SELECT {verdict} FROM la AS a LEFT JOIN lr AS r ON true
@@ -212,7 +233,8 @@ SELECT * FROM charged"""
         admit=admit,
         settle=settle,
         refused_step=STEP_INSERT
-        + "VALUES (%(run)s, 'refused', %(model)s, %(detail)s::jsonb, %(now)s)",
+        + "VALUES (%(run)s, 'refused', %(model)s, %(detail)s::jsonb, %(now)s) RETURNING id",
+        flush="SELECT txid_current()",
     )
 
 
@@ -221,7 +243,8 @@ def _sqlite() -> Statements:
     return Statements(
         config=CONFIG,
         price=PRICE_ROW,
-        admit=f"""SELECT {verdict} FROM {TOKEN} t JOIN {AGENT} a ON a.id = t.agent_id
+        admit=f"""SELECT {verdict} FROM {TOKEN} t
+            JOIN (SELECT a.*, {DERIVED} FROM {AGENT} a) a ON a.id = t.agent_id
             LEFT JOIN {RUN} r ON r.agent_id = a.id AND r.status = 'active'
             WHERE t.token_hash = %(hash)s AND t.revoked_at IS NULL""",
         reserve_agent=f"UPDATE {AGENT} AS a SET "
@@ -253,5 +276,36 @@ def _sqlite() -> Statements:
     )
 
 
-POSTGRESQL = _postgresql()
-SQLITE = _sqlite()
+def _compact(statements: Statements) -> Statements:
+    # Short texts: psycopg caches its parse of a statement up to 4 KiB long.
+    return Statements(
+        *(re.sub(r"\s+", " ", text).strip() for text in dataclasses.astuple(statements))
+    )
+
+
+@dataclass(frozen=True)
+class Raw:
+    """A statement in PostgreSQL's own ``$n`` form, for psycopg's raw cursor: psycopg
+    then parses no placeholders per call (it caches that parse only for short texts)."""
+
+    text: bytes
+    names: tuple[str, ...]
+
+    def args(self, params: dict) -> list:
+        return [params[name] for name in self.names]
+
+
+def raw(sql: str) -> Raw:
+    names: list[str] = []
+
+    def number(match: re.Match) -> str:
+        if match.group(1) not in names:
+            names.append(match.group(1))
+        return f"${names.index(match.group(1)) + 1}"
+
+    return Raw(re.sub(r"%\((\w+)\)s", number, sql).encode(), tuple(names))
+
+
+POSTGRESQL = _compact(_postgresql())
+SQLITE = _compact(_sqlite())
+POSTGRESQL_RAW = {name: raw(text) for name, text in dataclasses.asdict(POSTGRESQL).items() if text}

@@ -30,6 +30,7 @@ from gateway.ledger import (
     Outcome,
     Reservation,
     admit_params,
+    close_ledgers,
     close_loop_ledger,
     in_db,
     ledger,
@@ -56,6 +57,8 @@ MAX_ERROR_BODY = 64 * 1024
 
 _sessions: dict[asyncio.AbstractEventLoop, aiohttp.ClientSession] = {}
 _prices: dict[tuple[str, str], tuple[Price | None, float]] = {}
+CONFIG_TTL_SECONDS = 2.0
+_configs: dict[str, tuple[AgentConfig, float]] = {}
 
 
 class ClientGone(Exception):
@@ -98,6 +101,15 @@ async def shutdown() -> None:
     if session is not None:
         await session.close()
     await close_loop_ledger()
+
+
+def close_all(timeout: float = 10) -> None:
+    """Shut every event loop's gateway state down from another thread (tests), then the
+    database threads."""
+    for loop in list(_sessions):
+        if loop.is_running():
+            asyncio.run_coroutine_threadsafe(shutdown(), loop).result(timeout)
+    close_ledgers(timeout)
 
 
 def forget_prices() -> None:
@@ -150,10 +162,30 @@ async def handle(scope: dict, receive, send, provider: Provider) -> None:
     await forward(send, receive, provider, call, price, reservation, request_headers, started)
 
 
+async def agent_config(token_hash: str) -> AgentConfig | None:
+    """The token's agent settings, read at most every CONFIG_TTL_SECONDS per process.
+
+    Only the decision to read the body rests on this; the admission statement
+    checks the token (revoked or not) and these settings again, under lock.
+    """
+    now = time.monotonic()
+    cached = _configs.get(token_hash)
+    if cached and now < cached[1]:
+        return cached[0]
+    config = await ledger().config(token_hash)
+    if config is None:
+        _configs.pop(token_hash, None)
+        return None
+    if len(_configs) >= 10_000:
+        _configs.clear()
+    _configs[token_hash] = (config, now + CONFIG_TTL_SECONDS)
+    return config
+
+
 async def authenticate(provider: Provider, headers: dict[str, str]) -> tuple[str, AgentConfig]:
     """The agent's token, checked before the body is read."""
     token = provider.token(headers)
-    config = await ledger().config(hash_token(token)) if looks_like_token(token) else None
+    config = await agent_config(hash_token(token)) if looks_like_token(token) else None
     if config is None:
         raise Refused(401, "Invalid, unknown or revoked agent token.")
     if config.provider != provider.name:
@@ -200,6 +232,7 @@ async def admit(
             )
             verdict = await ledger().admit(params)
             if verdict is None:
+                _configs.pop(token_hash, None)
                 raise Refused(401, "Invalid, unknown or revoked agent token.")
             if wait is None or not verdict.code.endswith("_inflight"):
                 break
@@ -212,7 +245,8 @@ async def admit(
             await record_refusal(verdict, call, refusal)
             raise Refused(refusal.status, refusal.message)
         # The agent's settings changed since they were read: read them again.
-        fresh = await ledger().config(token_hash)
+        _configs.pop(token_hash, None)
+        fresh = await agent_config(token_hash)
         if fresh is None:
             raise Refused(401, "Invalid, unknown or revoked agent token.")
         config = fresh

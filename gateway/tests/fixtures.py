@@ -10,9 +10,8 @@ import pytest
 from agents.models import Agent, AgentStatus
 from agents.services import create_agent
 from agents.tokens import issue_agent_token
-from gateway.ledger import close_ledgers
 from gateway.models import ModelPrice
-from gateway.proxy import forget_prices
+from gateway.proxy import close_all, forget_prices
 from gateway.tests.live import start_live_server
 
 PROVIDER_KEY = "sk-live-owner-provider-key-0123456789"
@@ -25,7 +24,7 @@ def gateway(transactional_db, settings, fake_providers):
     forget_prices()
     live = start_live_server()
     yield live.url
-    close_ledgers()  # on the server's loop, while it still runs
+    close_all()  # on the server's loop, while it still runs
     live.stop()
     forget_prices()
 

@@ -201,6 +201,7 @@ def test_upstream_500_is_passed_on_in_the_providers_shape(gateway, fake_provider
             model="claude-test", max_tokens=100, messages=MESSAGES
         )
     assert excinfo.value.body["error"]["message"] == "upstream exploded"
+    wait_for_settlement(bot.agent)
     agent = bot.refresh()
     assert (agent.cost_this_period, agent.reserved_cost, agent.reserved_tokens) == (0, 0, 0)
 
