@@ -218,16 +218,20 @@ def print_section(title: str, stream: bool, results: dict[str, dict[str, Cell]])
 
 def print_ratios(metrics: tuple[str, ...], cells: dict[str, Cell]) -> None:
     ours, theirs, direct = cells.get("ours"), cells.get("litellm"), cells.get("direct")
-    if not (ours and theirs and direct and ours.total and theirs.total and direct.total):
+    if not (ours and direct and ours.total and direct.total):
         return
-    parts = []
-    for metric in metrics:
-        mine = stats(getattr(ours, metric), getattr(direct, metric))
-        other = stats(getattr(theirs, metric), getattr(direct, metric))
-        label = f"{metric} " if len(metrics) > 1 else ""
-        parts.append(f"added {label}p50 {ratio(mine[2], other[2])}, p99 {ratio(mine[3], other[3])}")
-    parts.append(f"throughput {ratio(ours.throughput, theirs.throughput)}")
-    print(f"{'':12}ours/LiteLLM: " + "; ".join(parts))
+    if theirs and theirs.total:
+        parts = []
+        for metric in metrics:
+            mine = stats(getattr(ours, metric), getattr(direct, metric))
+            other = stats(getattr(theirs, metric), getattr(direct, metric))
+            label = f"{metric} " if len(metrics) > 1 else ""
+            parts.append(
+                f"added {label}p50 {ratio(mine[2], other[2])}, p99 {ratio(mine[3], other[3])}"
+            )
+        parts.append(f"throughput {ratio(ours.throughput, theirs.throughput)}")
+        print(f"{'':12}ours/LiteLLM: " + "; ".join(parts))
+    print(f"{'':12}ours/direct: throughput {ratio(ours.throughput, direct.throughput)}")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
