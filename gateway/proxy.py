@@ -53,6 +53,7 @@ SECRET_LOOKING = re.compile(r"(sk-[A-Za-z0-9_\-]{6,}|sca_[A-Za-z0-9_\-]{6,})")
 # sequential client's previous call settles just after its answer went out.
 INFLIGHT_WAITS = (0.002, 0.005, 0.01, 0.02, 0.04)
 PRICE_TTL_SECONDS = 10.0
+SLOWEST_TOKENS_PER_SECOND = 20  # a slow model's output rate, for a JSON answer's wait
 MAX_ERROR_BODY = 64 * 1024
 
 _sessions: dict[asyncio.AbstractEventLoop, aiohttp.ClientSession] = {}
@@ -329,6 +330,10 @@ async def forward(send, receive, provider, call, price, reservation, headers, st
     settle = Settler(call, price, reservation, started)
     base = getattr(settings, provider.upstream_setting).rstrip("/")
     wait = settings.GATEWAY_UPSTREAM_TIMEOUT_SECONDS
+    if not call.stream:
+        # A JSON answer arrives whole, after the model wrote all of it: give a
+        # long answer the time it needs, so the wait is not cut while tokens flow.
+        wait = max(wait, call.max_output_tokens / SLOWEST_TOKENS_PER_SECOND)
     try:
         response = await upstream().post(
             base + provider.path,

@@ -216,7 +216,7 @@ def test_upstream_timeout_is_a_504_and_charged_its_full_reservation(
     fake_providers.enqueue(Reply(delay_before_headers_s=3))
     with pytest.raises(openai.APIStatusError) as excinfo:
         openai_client(gateway, bot.token).chat.completions.create(
-            model="gpt-test", messages=MESSAGES
+            model="gpt-test", messages=MESSAGES, max_tokens=5
         )
     assert excinfo.value.status_code == 504
     record = only_record(bot.agent)
@@ -227,6 +227,19 @@ def test_upstream_timeout_is_a_504_and_charged_its_full_reservation(
     assert (agent.reserved_tokens, agent.reserved_cost) == (0, 0)
     assert agent.cost_this_period == record.reserved_cost
     assert agent.tokens_today == record.reserved_tokens
+
+
+def test_a_long_json_answer_gets_the_time_its_tokens_need(
+    gateway, fake_providers, make_agent, settings
+):
+    # 100 tokens at the slowest rate reckoned with (20/s) may take 5 s to write.
+    settings.GATEWAY_UPSTREAM_TIMEOUT_SECONDS = 0.5
+    bot = make_agent()
+    fake_providers.enqueue(Reply(delay_before_headers_s=1.5))
+    openai_client(gateway, bot.token).chat.completions.create(
+        model="gpt-test", messages=MESSAGES, max_tokens=100
+    )
+    assert not only_record(bot.agent).charged_reservation
 
 
 def test_malformed_frame_mid_stream_ends_in_an_error_and_is_charged_in_full(
