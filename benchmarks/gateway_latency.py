@@ -79,10 +79,16 @@ def request_body(provider: str, stream: bool) -> bytes:
 
 
 async def call(
-    client: httpx.AsyncClient, target: Target, provider: str, stream: bool, body: bytes
+    client: httpx.AsyncClient,
+    target: Target,
+    provider: str,
+    stream: bool,
+    body: bytes,
+    caller: int = 0,
 ) -> tuple[float, float] | str:
     """One call: (time to first body byte, total) in seconds, or what went wrong."""
-    headers = {**target.headers[provider], "Content-Type": "application/json"}
+    callers = target.headers[provider]
+    headers = {**callers[caller % len(callers)], "Content-Type": "application/json"}
     started = time.perf_counter()
     first = 0.0
     received = b""
@@ -112,14 +118,16 @@ async def run_cell(
     pool = [httpx.AsyncClient(timeout=30) for _ in range(clients)]
     try:
         # One uncounted call each, so connections are open before the clock starts.
-        await asyncio.gather(*(call(client, target, provider, stream, body) for client in pool))
+        await asyncio.gather(
+            *(call(client, target, provider, stream, body, i) for i, client in enumerate(pool))
+        )
         deadline = time.perf_counter() + seconds
 
-        async def worker(client: httpx.AsyncClient) -> None:
+        async def worker(client: httpx.AsyncClient, caller: int) -> None:
             for _ in range(calls_each):
                 if time.perf_counter() > deadline:
                     return
-                outcome = await call(client, target, provider, stream, body)
+                outcome = await call(client, target, provider, stream, body, caller)
                 if isinstance(outcome, str):
                     cell.errors[outcome] += 1
                 else:
@@ -127,7 +135,7 @@ async def run_cell(
                     cell.total.append(outcome[1])
 
         started = time.perf_counter()
-        await asyncio.gather(*(worker(client) for client in pool))
+        await asyncio.gather(*(worker(client, i) for i, client in enumerate(pool)))
         cell.wall = time.perf_counter() - started
     finally:
         await asyncio.gather(*(client.aclose() for client in pool))
@@ -275,8 +283,12 @@ def main(argv: list[str] | None = None) -> None:
         upstream = direct.urls["openai"].removesuffix("/v1/chat/completions")
         targets = [direct]
         if "ours" in args.targets:
-            print("==> starting our gateway (fresh PostgreSQL database gateway_bench)")
-            targets.append(stack.enter_context(our_gateway(logs, upstream, args.providers)))
+            print(
+                "==> starting our gateway (fresh PostgreSQL database gateway_bench, "
+                f"{args.clients} agents per provider)"
+            )
+            gateway = our_gateway(logs, upstream, args.providers, args.clients)
+            targets.append(stack.enter_context(gateway))
         if "litellm" in args.targets:
             print("==> starting LiteLLM's proxy")
             targets.append(stack.enter_context(litellm_proxy(logs, upstream)))
@@ -286,7 +298,8 @@ def main(argv: list[str] | None = None) -> None:
             f"upstream stand-in: uvicorn (uvloop, httptools), {args.reply_words}-word replies; "
             f"ours: safer_claw.asgi under uvicorn ({GATEWAY_WORKERS} workers: one per core, "
             "uvloop, httptools, DEBUG off, PostgreSQL; metering, caps, allow-lists, a run, "
-            f"durable settlement); LiteLLM {LITELLM_VERSION} proxy ({GATEWAY_WORKERS} workers, "
+            f"durable settlement; each client is its own agent, as each agent's loop is one "
+            f"client); LiteLLM {LITELLM_VERSION} proxy ({GATEWAY_WORKERS} workers, "
             "no database)"
         )
         print(

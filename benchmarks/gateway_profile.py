@@ -46,7 +46,7 @@ def main(count: int = 300) -> None:
 
         django.setup()
         try:
-            profile(tokens["openai"], count)
+            profile(tokens["openai"][0], count)
         finally:
             from django.db import connections
 
