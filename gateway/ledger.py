@@ -431,7 +431,9 @@ class PgLedger:
     second, empty transaction with an xid (``txid_current()``) commits with
     ``synchronous_commit = on``, which flushes the WAL up to it, the settlement
     (and every earlier admission) included. Only a crash of the database itself
-    within its WAL writer's delay could lose the last admissions.
+    within its WAL writer's delay could lose the last writes: a lost settlement
+    leaves its call pending (the sweeper charges it in full), a lost admission
+    leaves no trace.
     """
 
     def __init__(self) -> None:
