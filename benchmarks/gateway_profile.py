@@ -7,7 +7,8 @@ one running agent, prices) and times, in this process on the event loop as the
 gateway runs them (psycopg AsyncConnection), p50 over N calls: the token lookup
 (before the body is read), the admission (one statement: verdict, rate count,
 reservation, ledger row), and the settlement (one statement, after the answer),
-against a bare ``SELECT 1`` round trip as the baseline.
+against a bare ``SELECT 1`` round trip as the baseline (admission and settlement commit
+without waiting for the disk; the settlement's flush is timed with it).
 """
 
 from __future__ import annotations
@@ -113,7 +114,8 @@ def profile(token: str, count: int) -> None:
             await settle()
 
         async def select_one() -> None:
-            await db._rows("SELECT 1", {})
+            async with db.admit_pool.connection() as conn:
+                await conn.execute("SELECT 1", prepare=True)
 
         rows = [
             ("SELECT 1 (round trip baseline)", await timed_async(select_one, count)),
