@@ -205,6 +205,18 @@ class Agent(AgentLimits):
     # forwarding and settles after), so concurrent calls cannot pass a cap.
     reserved_tokens = models.PositiveBigIntegerField(default=0)
     reserved_cost = models.DecimalField(max_digits=14, decimal_places=6, default=Decimal("0"))
+    # Tool calls that model calls in flight may still return, held against
+    # max_tool_calls_per_day like reserved_tokens against the token cap.
+    reserved_tool_calls = models.PositiveIntegerField(default=0)
+    # Model calls made outside any run get a per-UTC-day allowance (tokens_day's
+    # day) with the per-run limits, so dropping out of a run resets nothing.
+    model_calls_outside_runs_today = models.PositiveIntegerField(default=0)
+    tool_calls_outside_runs_today = models.PositiveIntegerField(default=0)
+    reserved_model_calls_outside_runs = models.PositiveIntegerField(default=0)
+    # Model calls admitted in the current minute (unix time // 60), counted on
+    # the row the gateway's reservation locks anyway.
+    rate_minute = models.BigIntegerField(default=0)
+    rate_count = models.PositiveIntegerField(default=0)
     period_started_at = models.DateTimeField(null=True, blank=True)
 
     last_activity_at = models.DateTimeField(null=True, blank=True)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import time
 from collections import Counter
@@ -36,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.deploy_latency import machine, percentile  # noqa: E402
 from benchmarks.gateway_targets import (  # noqa: E402
+    GATEWAY_WORKERS,
     LITELLM_VERSION,
     MODELS,
     Target,
@@ -77,10 +79,16 @@ def request_body(provider: str, stream: bool) -> bytes:
 
 
 async def call(
-    client: httpx.AsyncClient, target: Target, provider: str, stream: bool, body: bytes
+    client: httpx.AsyncClient,
+    target: Target,
+    provider: str,
+    stream: bool,
+    body: bytes,
+    caller: int = 0,
 ) -> tuple[float, float] | str:
     """One call: (time to first body byte, total) in seconds, or what went wrong."""
-    headers = {**target.headers[provider], "Content-Type": "application/json"}
+    callers = target.headers[provider]
+    headers = {**callers[caller % len(callers)], "Content-Type": "application/json"}
     started = time.perf_counter()
     first = 0.0
     received = b""
@@ -110,14 +118,16 @@ async def run_cell(
     pool = [httpx.AsyncClient(timeout=30) for _ in range(clients)]
     try:
         # One uncounted call each, so connections are open before the clock starts.
-        await asyncio.gather(*(call(client, target, provider, stream, body) for client in pool))
+        await asyncio.gather(
+            *(call(client, target, provider, stream, body, i) for i, client in enumerate(pool))
+        )
         deadline = time.perf_counter() + seconds
 
-        async def worker(client: httpx.AsyncClient) -> None:
+        async def worker(client: httpx.AsyncClient, caller: int) -> None:
             for _ in range(calls_each):
                 if time.perf_counter() > deadline:
                     return
-                outcome = await call(client, target, provider, stream, body)
+                outcome = await call(client, target, provider, stream, body, caller)
                 if isinstance(outcome, str):
                     cell.errors[outcome] += 1
                 else:
@@ -125,7 +135,7 @@ async def run_cell(
                     cell.total.append(outcome[1])
 
         started = time.perf_counter()
-        await asyncio.gather(*(worker(client) for client in pool))
+        await asyncio.gather(*(worker(client, i) for i, client in enumerate(pool)))
         cell.wall = time.perf_counter() - started
     finally:
         await asyncio.gather(*(client.aclose() for client in pool))
@@ -216,16 +226,20 @@ def print_section(title: str, stream: bool, results: dict[str, dict[str, Cell]])
 
 def print_ratios(metrics: tuple[str, ...], cells: dict[str, Cell]) -> None:
     ours, theirs, direct = cells.get("ours"), cells.get("litellm"), cells.get("direct")
-    if not (ours and theirs and direct and ours.total and theirs.total and direct.total):
+    if not (ours and direct and ours.total and direct.total):
         return
-    parts = []
-    for metric in metrics:
-        mine = stats(getattr(ours, metric), getattr(direct, metric))
-        other = stats(getattr(theirs, metric), getattr(direct, metric))
-        label = f"{metric} " if len(metrics) > 1 else ""
-        parts.append(f"added {label}p50 {ratio(mine[2], other[2])}, p99 {ratio(mine[3], other[3])}")
-    parts.append(f"throughput {ratio(ours.throughput, theirs.throughput)}")
-    print(f"{'':12}ours/LiteLLM: " + "; ".join(parts))
+    if theirs and theirs.total:
+        parts = []
+        for metric in metrics:
+            mine = stats(getattr(ours, metric), getattr(direct, metric))
+            other = stats(getattr(theirs, metric), getattr(direct, metric))
+            label = f"{metric} " if len(metrics) > 1 else ""
+            parts.append(
+                f"added {label}p50 {ratio(mine[2], other[2])}, p99 {ratio(mine[3], other[3])}"
+            )
+        parts.append(f"throughput {ratio(ours.throughput, theirs.throughput)}")
+        print(f"{'':12}ours/LiteLLM: " + "; ".join(parts))
+    print(f"{'':12}ours/direct: throughput {ratio(ours.throughput, direct.throughput)}")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -249,6 +263,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def load() -> str:
+    return ", ".join(f"{value:.2f}" for value in os.getloadavg())
+
+
 def describe_machine() -> str:
     try:
         return machine()
@@ -265,16 +283,24 @@ def main(argv: list[str] | None = None) -> None:
         upstream = direct.urls["openai"].removesuffix("/v1/chat/completions")
         targets = [direct]
         if "ours" in args.targets:
-            print("==> starting our gateway (fresh PostgreSQL database gateway_bench)")
-            targets.append(stack.enter_context(our_gateway(logs, upstream, args.providers)))
+            print(
+                "==> starting our gateway (fresh PostgreSQL database gateway_bench, "
+                f"{args.clients} agents per provider)"
+            )
+            gateway = our_gateway(logs, upstream, args.providers, args.clients)
+            targets.append(stack.enter_context(gateway))
         if "litellm" in args.targets:
             print("==> starting LiteLLM's proxy")
             targets.append(stack.enter_context(litellm_proxy(logs, upstream)))
         print(f"machine: {describe_machine()}")
+        print(f"load average at start (1, 5, 15 min): {load()}  (the machine is shared)")
         print(
             f"upstream stand-in: uvicorn (uvloop, httptools), {args.reply_words}-word replies; "
-            "ours: safer_claw.asgi under uvicorn (1 worker, uvloop, httptools, DEBUG off, "
-            f"PostgreSQL, Redis); LiteLLM {LITELLM_VERSION} proxy (1 worker, no database)"
+            f"ours: safer_claw.asgi under uvicorn ({GATEWAY_WORKERS} workers: one per core, "
+            "uvloop, httptools, DEBUG off, PostgreSQL; metering, caps, allow-lists, a run, "
+            f"durable settlement; each client is its own agent, as each agent's loop is one "
+            f"client); LiteLLM {LITELLM_VERSION} proxy ({GATEWAY_WORKERS} workers, "
+            "no database)"
         )
         print(
             f"per cell: {args.warmup} warm-up calls, then {args.sequential} sequential calls, "
@@ -286,7 +312,8 @@ def main(argv: list[str] | None = None) -> None:
                 results = uvloop.run(measure(targets, provider, stream, args))
                 kind = "streaming (ttfb: first body byte)" if stream else "non-streaming"
                 print_section(f"{provider} {MODELS[provider]}, {kind}", stream, results)
-    print(f"\ntotal run time: {time.monotonic() - started:.0f} s")
+    print(f"\nload average at end (1, 5, 15 min): {load()}")
+    print(f"total run time: {time.monotonic() - started:.0f} s")
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ REDIS_URL = "redis://127.0.0.1:6379/7"
 UPSTREAM_KEY = "sk-bench-upstream-provider-key"
 MODELS = {"openai": "gpt-4o-mini", "anthropic": "claude-haiku-4-5"}
 PATHS = {"openai": "/v1/chat/completions", "anthropic": "/v1/messages"}
+GATEWAY_WORKERS = int(os.environ.get("BENCH_GATEWAY_WORKERS") or os.cpu_count() or 1)
 
 
 @dataclass
@@ -50,7 +51,8 @@ class Target:
 
     name: str
     urls: dict[str, str] = field(default_factory=dict)
-    headers: dict[str, dict[str, str]] = field(default_factory=dict)
+    # Per provider, the headers of each caller (a worker uses its own, round robin).
+    headers: dict[str, list[dict[str, str]]] = field(default_factory=dict)
     down: str = ""
 
 
@@ -149,7 +151,7 @@ def standin(logs: Path, reply_words: int) -> Iterator[Target]:
         yield Target(
             name="direct",
             urls={provider: base + path for provider, path in PATHS.items()},
-            headers={provider: auth_headers(provider, UPSTREAM_KEY) for provider in PATHS},
+            headers={provider: [auth_headers(provider, UPSTREAM_KEY)] for provider in PATHS},
         )
 
 
@@ -221,17 +223,45 @@ def gateway_env(upstream: str) -> dict[str, str]:
     }
 
 
-# Run with manage.py shell -c: a running agent with caps no benchmark reaches, and prices.
+# Run with manage.py shell -c: running, paid agents, each in an active run (the calls
+# are charged to it, as the runtime's are), limits no benchmark reaches, and prices.
+# Prints {provider: [token, ...]} as JSON.
 PREPARE_AGENTS = """
+import datetime as dt, json
 from decimal import Decimal
+from django.contrib.auth import get_user_model
+from django.utils import timezone
+from agents.conversations import Message, Run
 from agents.models import Agent
+from agents.services import create_agent
+from agents.tokens import issue_agent_token
 from gateway.models import ModelPrice
-Agent.objects.filter(pk__in={ids!r}).update(
-    status="running",
-    daily_token_cap=10**12,
-    monthly_cost_cap=Decimal("1000000"),
-    max_requests_per_minute=1_000_000,
-)
+owner = get_user_model().objects.create_user("bench@example.com", "bench-password-1")
+tokens = {{}}
+for provider in {providers!r}:
+    tokens[provider] = []
+    for number in range({count}):
+        agent = create_agent(
+            owner=owner, name=f"bench-{{provider}}-{{number}}", provider=provider,
+            provider_key={key!r},
+        )
+        Agent.objects.filter(pk=agent.pk).update(
+            status="running",
+            billing_active=True,
+            daily_token_cap=10**12,
+            monthly_cost_cap=Decimal("1000000"),
+            max_requests_per_minute=1_000_000,
+            max_model_steps_per_run=10**9,
+            max_tool_calls_per_run=10**9,
+            max_tool_calls_per_day=10**9,
+        )
+        now = timezone.now()
+        message = Message.objects.create(agent=agent, role="owner", content="benchmark")
+        Run.objects.create(
+            agent=agent, message=message, status="active", started_at=now,
+            deadline=now + dt.timedelta(days=1),
+        )
+        tokens[provider].append(issue_agent_token(agent=agent))
 for provider, model in {models!r}.items():
     ModelPrice.objects.update_or_create(
         provider=provider,
@@ -239,57 +269,45 @@ for provider, model in {models!r}.items():
         defaults=dict(
             input_per_mtok=Decimal("0.15"),
             cached_input_per_mtok=Decimal("0.075"),
+            cache_write_5m_per_mtok=Decimal("0.1875"),
+            cache_write_1h_per_mtok=Decimal("0.30"),
             output_per_mtok=Decimal("0.60"),
         ),
     )
+print(json.dumps(tokens))
 """
 
 
-def prepare_gateway(env: dict[str, str], providers: list[str]) -> dict[str, str]:
-    """A fresh database with one running agent per provider; the agents' tokens."""
+def prepare_gateway(
+    env: dict[str, str], providers: list[str], agents: int = 1
+) -> dict[str, list[str]]:
+    """A fresh database with ``agents`` running agents per provider; their tokens."""
     recreate_database()
     redis.Redis.from_url(REDIS_URL).flushdb()
     run_manage(env, "migrate", "--noinput", "--verbosity", "0")
-    run_manage(
-        env,
-        "shell",
-        "-c",
-        "from django.contrib.auth import get_user_model; "
-        "get_user_model().objects.create_user('bench@example.com', 'bench-password-1')",
-    )
-    agents = {
-        provider: run_manage(
-            env,
-            "create_agent",
-            "--owner",
-            "bench@example.com",
-            "--name",
-            f"bench-{provider}",
-            "--provider",
-            provider,
-            extra_env={"AGENT_PROVIDER_KEY": UPSTREAM_KEY},
-        )
-        for provider in providers
-    }
     models = {provider: MODELS[provider] for provider in providers}
-    script = PREPARE_AGENTS.format(ids=list(agents.values()), models=models)
-    run_manage(env, "shell", "-c", script)
-    return {
-        provider: run_manage(env, "issue_agent_token", agent) for provider, agent in agents.items()
-    }
+    script = PREPARE_AGENTS.format(
+        providers=providers, count=agents, key=UPSTREAM_KEY, models=models
+    )
+    return json.loads(run_manage(env, "shell", "-c", script).splitlines()[-1])
 
 
 @contextmanager
-def our_gateway(logs: Path, upstream: str, providers: list[str]) -> Iterator[Target]:
+def our_gateway(
+    logs: Path, upstream: str, providers: list[str], agents: int = 1
+) -> Iterator[Target]:
     target = Target(name="ours")
     with ExitStack() as stack:
         try:
             env = gateway_env(upstream)
             stack.callback(drop_database)
             stack.callback(flush_redis)
-            tokens = prepare_gateway(env, providers)
+            tokens = prepare_gateway(env, providers, agents)
             port = free_port()
-            command = uvicorn_command("safer_claw.asgi:application", port)
+            # As production runs it: one uvicorn worker per core.
+            command = uvicorn_command(
+                "safer_claw.asgi:application", port, "--workers", str(GATEWAY_WORKERS)
+            )
             log_path = stack.enter_context(process("gateway", command, env, logs))
             base = f"http://127.0.0.1:{port}"
             wait_ready(base, log_path, timeout=60)
@@ -303,9 +321,9 @@ def our_gateway(logs: Path, upstream: str, providers: list[str]) -> Iterator[Tar
             target.down = str(exc)
             yield target
             return
-        for provider, token in tokens.items():
+        for provider, each in tokens.items():
             target.urls[provider] = f"{base}/gateway/{provider}{PATHS[provider]}"
-            target.headers[provider] = auth_headers(provider, token)
+            target.headers[provider] = [auth_headers(provider, token) for token in each]
         yield target
 
 
@@ -396,7 +414,7 @@ def litellm_proxy(logs: Path, upstream: str) -> Iterator[Target]:
                 "--port",
                 str(port),
                 "--num_workers",
-                "1",
+                str(GATEWAY_WORKERS),  # as many as ours get
             ]
             log_path = stack.enter_context(process("litellm", command, env, logs))
             base = f"http://127.0.0.1:{port}"
@@ -407,7 +425,7 @@ def litellm_proxy(logs: Path, upstream: str) -> Iterator[Target]:
             return
         for provider, path in PATHS.items():
             target.urls[provider] = base + path
-            target.headers[provider] = auth_headers(provider, master_key)
+            target.headers[provider] = [auth_headers(provider, master_key)]
         yield target
 
 

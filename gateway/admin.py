@@ -2,8 +2,8 @@ from __future__ import annotations
 
 from django.contrib import admin
 
-from gateway.metering import forget_prices
 from gateway.models import ModelPrice, UsageRecord
+from gateway.proxy import forget_prices
 
 
 @admin.register(ModelPrice)
@@ -13,6 +13,8 @@ class ModelPriceAdmin(admin.ModelAdmin):
         "model",
         "input_per_mtok",
         "cached_input_per_mtok",
+        "cache_write_5m_per_mtok",
+        "cache_write_1h_per_mtok",
         "output_per_mtok",
         "updated_at",
     ]
@@ -37,6 +39,7 @@ class UsageRecordAdmin(admin.ModelAdmin):
         "cached_input_tokens",
         "output_tokens",
         "cost",
+        "charged_reservation",
         "latency_ms",
     ]
     list_filter = ["status", "provider", "model"]

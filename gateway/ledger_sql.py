@@ -1,242 +1,311 @@
-"""The gateway's hot-path SQL: reserve and settle in as few round trips as possible.
+"""The gateway's hot-path SQL, written once: admission and settlement.
 
-The ORM builds these statements anew on every call, which costs more than the
-database takes to run them. Here they are written once. On PostgreSQL each of
-reserve and settle is ONE statement (data-modifying CTEs), atomic on its own;
-SQLite (local runs) has no such CTEs, so there the same pieces run in a
-transaction. The arithmetic is the same on both, in the shared fragments.
+Admission decides, under the agent's row lock (and the active run's), whether a
+call may go, and which limit binds if not (``VERDICT``: one CASE, the one place
+every limit is checked in order). On PostgreSQL admission is ONE statement:
+locking CTEs read the agent by its token and its active run (``FOR UPDATE``
+returns the latest committed rows, so concurrent calls see each other's
+reservations), the verdict is computed from them, and only an ``ok`` verdict
+reserves on the agent and the run and opens the ledger row. Settlement is one
+statement too: the ledger row (once: ``status = 'pending'``), the agent's
+counters, the run's counters and the run's step. SQLite (local runs) has no
+data-modifying CTEs, so there the same fragments run as steps of one IMMEDIATE
+transaction. Table names come from the models; values are always parameters.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import uuid
+import dataclasses
+import re
 from dataclasses import dataclass
-from decimal import Decimal
 
-from django.db import connection, transaction
-
-from agents.models import Agent
-from gateway.models import UsageRecord
+from agents.conversations import Run, RunStep
+from agents.models import Agent, AgentToken
+from gateway.models import ModelPrice, UsageRecord
 
 AGENT = Agent._meta.db_table
+TOKEN = AgentToken._meta.db_table
+RUN = Run._meta.db_table
+STEP = RunStep._meta.db_table
 RECORD = UsageRecord._meta.db_table
+PRICE = ModelPrice._meta.db_table
 
-# Tokens spent today as the row says, with yesterday's count read as zero.
-SPENT_TODAY = "(CASE WHEN tokens_day = %(today)s THEN tokens_today ELSE 0 END)"
-CALLS_TODAY = "(CASE WHEN tokens_day = %(today)s THEN tool_calls_today ELSE 0 END)"
+
+def _today(column: str) -> str:
+    """A per-day counter as the row says, with another day's count read as zero."""
+    return f"(CASE WHEN a.tokens_day = %(today)s THEN a.{column} ELSE 0 END)"
+
+
+SPENT = _today("tokens_today")
+CALLS = _today("tool_calls_today")
+LOOSE_STEPS = _today("model_calls_outside_runs_today")
+LOOSE_TOOLS = _today("tool_calls_outside_runs_today")
+RATE = "(CASE WHEN a.rate_minute = %(minute)s THEN a.rate_count ELSE 0 END)"
+
+# Every limit, in the order they bind. "_inflight" verdicts would pass but for
+# calls still in flight (reservations not yet settled): the caller may retry.
+# Calls outside any run get a per-UTC-day allowance with the per-run limits.
+# ``a`` is the agent's row with DERIVED's columns, ``r`` its active run (or nulls).
+VERDICT = """CASE
+ WHEN NOT (a.ai_provider = %(cfg_provider)s AND COALESCE(a.ai_api_key, '') = %(cfg_key)s
+  AND a.max_tokens_per_request = %(cfg_max_tokens)s AND {tools_eq}) THEN 'stale'
+ WHEN a.status <> 'running' OR NOT a.billing_active THEN 'not_running'
+ WHEN a.rate >= a.max_requests_per_minute THEN 'rate'
+ WHEN r.id IS NOT NULL AND r.deadline <= %(now)s THEN 'run_runtime'
+ WHEN r.model_calls >= a.max_model_steps_per_run THEN 'run_steps'
+ WHEN r.model_calls + r.reserved_model_calls >= a.max_model_steps_per_run THEN 'run_steps_inflight'
+ WHEN %(tools)s > 0 AND r.requested_tool_calls + %(tools)s > a.max_tool_calls_per_run
+  THEN 'run_tools'
+ WHEN %(tools)s > 0
+  AND r.requested_tool_calls + r.reserved_model_calls + %(tools)s > a.max_tool_calls_per_run
+  THEN 'run_tools_inflight'
+ WHEN r.id IS NULL AND a.loose_steps >= a.max_model_steps_per_run THEN 'day_steps'
+ WHEN r.id IS NULL AND a.loose_steps + a.reserved_model_calls_outside_runs
+  >= a.max_model_steps_per_run THEN 'day_steps_inflight'
+ WHEN r.id IS NULL AND %(tools)s > 0 AND a.loose_tools + %(tools)s > a.max_tool_calls_per_run
+  THEN 'day_run_tools'
+ WHEN r.id IS NULL AND %(tools)s > 0 AND a.loose_tools + a.reserved_model_calls_outside_runs
+  + %(tools)s > a.max_tool_calls_per_run THEN 'day_run_tools_inflight'
+ WHEN %(tools)s > 0 AND a.calls + %(tools)s > a.max_tool_calls_per_day THEN 'day_tools'
+ WHEN %(tools)s > 0 AND a.calls + a.reserved_tool_calls + %(tools)s > a.max_tool_calls_per_day
+  THEN 'day_tools_inflight'
+ WHEN a.spent >= a.daily_token_cap THEN 'tokens_cap'
+ WHEN a.spent + %(tokens)s > a.daily_token_cap THEN 'tokens_call'
+ WHEN a.spent + a.reserved_tokens + %(tokens)s > a.daily_token_cap THEN 'tokens_inflight'
+ WHEN a.cost_this_period >= a.monthly_cost_cap THEN 'cost_cap'
+ WHEN a.cost_this_period + %(cost)s > a.monthly_cost_cap THEN 'cost_call'
+ WHEN a.cost_this_period + a.reserved_cost + %(cost)s > a.monthly_cost_cap THEN 'cost_inflight'
+ ELSE 'ok' END"""
+# Today's counters as the row says them, another day's read as zero; this minute's rate.
+DERIVED = f"""{SPENT} AS spent, {CALLS} AS calls, {LOOSE_STEPS} AS loose_steps,
+ {LOOSE_TOOLS} AS loose_tools, {RATE} AS rate"""
+
+# What a refusal message needs, returned with every verdict.
+VERDICT_COLUMNS = f"""a.id AS agent_id, r.id AS run_id, {VERDICT} AS code, a.status,
+ a.max_requests_per_minute, a.max_model_steps_per_run, a.max_tool_calls_per_run,
+ a.max_runtime_seconds, a.max_tool_calls_per_day, a.daily_token_cap, a.monthly_cost_cap,
+ a.spent AS spent_tokens, a.cost_this_period"""
 
 RESERVE_SET = f"""
-    tokens_today = {SPENT_TODAY},
-    tool_calls_today = {CALLS_TODAY},
+    rate_count = {RATE} + 1, rate_minute = %(minute)s,
+    tokens_today = {SPENT}, tool_calls_today = {CALLS},
+    model_calls_outside_runs_today = {LOOSE_STEPS},
+    tool_calls_outside_runs_today = {LOOSE_TOOLS},
     tokens_day = %(today)s,
-    reserved_tokens = reserved_tokens + %(tokens)s,
-    reserved_cost = reserved_cost + %(cost)s
-"""
-# Under the row's lock: spent + everything in flight + this call must fit.
-RESERVE_WHERE = f"""
-    id = %(agent)s AND status = 'running'
-    AND {SPENT_TODAY} + reserved_tokens + %(tokens)s <= daily_token_cap
-    AND cost_this_period + reserved_cost + %(cost)s <= monthly_cost_cap
-"""
-RECORD_COLUMNS = """
-    id, agent_id, provider, model, status, http_status, streamed, upstream_request_id,
-    input_tokens, cached_input_tokens, cache_creation_input_tokens, output_tokens,
-    tool_calls, reserved_tokens, reserved_cost, cost, latency_ms, run_id, created_at,
-    settled_at
-"""
-RECORD_VALUES = """
-    %(record)s, %(agent)s, %(provider)s, %(model)s, 'pending', NULL, %(streamed)s, '',
-    0, 0, 0, 0, 0, %(tokens)s, %(cost)s, 0, NULL, %(run)s, %(now)s, NULL
-"""
+    reserved_tokens = a.reserved_tokens + %(tokens)s,
+    reserved_cost = a.reserved_cost + %(cost)s,
+    reserved_tool_calls = a.reserved_tool_calls + %(tools)s,
+    reserved_model_calls_outside_runs = a.reserved_model_calls_outside_runs + {{outside}}"""
 
-SETTLE_RECORD_SET = """
-    status = %(status)s, http_status = %(http_status)s, input_tokens = %(input)s,
+RECORD_COLUMNS = """id, agent_id, run_id, provider, model, status, http_status, streamed,
+    upstream_request_id, input_tokens, cached_input_tokens, cache_creation_input_tokens,
+    output_tokens, tool_calls, tool_names, dropped_tools, reserved_tokens, reserved_output_tokens,
+    reserved_cost, reserved_tool_calls, charged_reservation, cost, latency_ms, created_at,
+    settled_at"""
+RECORD_VALUES = """%(record)s, {agent}, {run}, %(provider)s, %(model)s, 'pending', NULL,
+    %(streamed)s, '', 0, 0, 0, 0, 0, %(no_tools)s{json}, %(dropped)s{json}, %(tokens)s,
+    %(output)s, %(cost)s, %(tools)s, %(no)s, 0, NULL, %(now)s, NULL"""
+
+CONFIG = f"""SELECT a.id, a.ai_provider, a.ai_api_key, a.max_tokens_per_request, a.allowed_tools
+    FROM {TOKEN} t JOIN {AGENT} a ON a.id = t.agent_id
+    WHERE t.token_hash = %(hash)s AND t.revoked_at IS NULL"""
+
+PRICE_ROW = f"""SELECT input_per_mtok, cached_input_per_mtok, cache_write_5m_per_mtok,
+    cache_write_1h_per_mtok, output_per_mtok FROM {PRICE}
+    WHERE provider = %(provider)s AND model = %(model)s"""
+
+RECORD_SET = """status = %(status)s, http_status = %(http_status)s, input_tokens = %(input)s,
     cached_input_tokens = %(cached)s, cache_creation_input_tokens = %(created)s,
-    output_tokens = %(output)s, tool_calls = %(tool_calls)s, cost = %(cost)s,
-    latency_ms = %(latency)s, upstream_request_id = %(request_id)s, settled_at = %(now)s
-"""
+    output_tokens = %(output)s, tool_calls = %(tool_calls)s, tool_names = %(tool_names)s{json},
+    cost = %(cost)s, charged_reservation = %(charged)s, latency_ms = %(latency)s,
+    upstream_request_id = %(request_id)s, settled_at = %(now)s"""
 
-
-def _agent_set(release_tokens: str, release_cost: str, greatest: str) -> str:
-    return f"""
-    reserved_tokens = {greatest}(reserved_tokens - {release_tokens}, 0),
-    reserved_cost = {greatest}(reserved_cost - {release_cost}, 0),
-    tokens_today = {SPENT_TODAY} + %(tokens)s,
-    tool_calls_today = {CALLS_TODAY} + %(tool_calls)s,
+SETTLE_AGENT_SET = f"""
+    reserved_tokens = {{greatest}}(a.reserved_tokens - {{rec_tokens}}, 0),
+    reserved_cost = {{greatest}}(a.reserved_cost - {{rec_cost}}, 0),
+    reserved_tool_calls = {{greatest}}(a.reserved_tool_calls - {{rec_tools}}, 0),
+    reserved_model_calls_outside_runs =
+        {{greatest}}(a.reserved_model_calls_outside_runs - {{outside}}, 0),
+    tokens_today = {SPENT} + %(tokens)s,
+    tool_calls_today = {CALLS} + %(tool_calls)s,
+    model_calls_outside_runs_today = {LOOSE_STEPS} + {{outside}},
+    tool_calls_outside_runs_today = {LOOSE_TOOLS} + {{outside}} * %(tool_calls)s,
     tokens_day = %(today)s,
-    cost_this_period = cost_this_period + %(cost)s,
-    last_activity_at = %(now)s
-"""
-
-
-AGENT_STATE = (
-    "status, tokens_day, tokens_today, daily_token_cap, cost_this_period, monthly_cost_cap"
-)
-
-RESERVE_PG = f"""
-WITH reserved AS (
-    UPDATE {AGENT} SET {RESERVE_SET} WHERE {RESERVE_WHERE} RETURNING id
-)
-INSERT INTO {RECORD} ({RECORD_COLUMNS}) SELECT {RECORD_VALUES} FROM reserved RETURNING id
-"""
-
-SETTLE_PG = f"""
-WITH settled AS (
-    UPDATE {RECORD} SET {SETTLE_RECORD_SET}
-    WHERE id = %(record)s AND status = 'pending' RETURNING reserved_tokens, reserved_cost
-), charged AS (
-    UPDATE {AGENT} SET {
-    _agent_set(
-        "COALESCE((SELECT reserved_tokens FROM settled), 0)",
-        "COALESCE((SELECT reserved_cost FROM settled), 0)",
-        "GREATEST",
-    )
-}
-    WHERE id = %(agent)s RETURNING {AGENT_STATE}
-)
-SELECT {AGENT_STATE}, (SELECT count(*) FROM settled) FROM charged
-"""
+    cost_this_period = a.cost_this_period + %(cost)s,
+    last_activity_at = %(now)s"""
+SETTLE_RUN_SET = """reserved_model_calls = {greatest}(r.reserved_model_calls - 1, 0),
+    model_calls = r.model_calls + 1,
+    requested_tool_calls = r.requested_tool_calls + %(tool_calls)s,
+    tokens = r.tokens + %(tokens)s, cost = r.cost + %(cost)s"""
+AGENT_STATE = """a.status, a.tokens_day, a.tokens_today, a.daily_token_cap, a.cost_this_period,
+    a.monthly_cost_cap"""
+STEP_INSERT = f"INSERT INTO {STEP} (run_id, kind, name, detail, created_at) "
 
 
 @dataclass(frozen=True)
-class AgentState:
-    """The agent's cap state right after a settlement."""
+class Statements:
+    """One database's texts of the statements above."""
 
-    status: str
-    tokens_day: dt.date | None
-    tokens_today: int
-    daily_token_cap: int
-    cost_this_period: Decimal
-    monthly_cost_cap: Decimal
-    released: bool  # False when the sweeper had released the reservation already
-
-
-def _db(value: uuid.UUID) -> object:
-    return Agent._meta.pk.get_db_prep_value(value, connection)
-
-
-def _when(now: dt.datetime) -> dict:
-    # In the backend's own formats (SQLite compares dates and times as text).
-    ops = connection.ops
-    return {
-        "now": ops.adapt_datetimefield_value(now),
-        "today": ops.adapt_datefield_value(now.date()),
-    }
+    config: str
+    price: str
+    admit: str  # PostgreSQL: the whole admission; SQLite: the verdict alone
+    reserve_agent: str = ""
+    reserve_run: str = ""
+    open_record: str = ""
+    settle: str = ""  # PostgreSQL: the whole settlement
+    pending_record: str = ""
+    settle_record: str = ""
+    settle_agent: str = ""
+    settle_run: str = ""
+    add_step: str = ""
+    agent_state: str = ""
+    refused_step: str = ""
+    flush: str = ""  # PostgreSQL: an empty transaction with an xid, committed durably
 
 
-def _money(value: Decimal) -> object:
-    return connection.ops.adapt_decimalfield_value(value, 14, 6)
+# The columns the verdict reads: the rest of the row is never copied.
+LOCKED_AGENT = ", ".join(
+    f"a.{column}"
+    for column in (
+        "id", "ai_provider", "ai_api_key", "max_tokens_per_request", "allowed_tools", "status",
+        "billing_active", "rate_minute", "rate_count", "max_requests_per_minute",
+        "max_model_steps_per_run", "max_tool_calls_per_run", "max_runtime_seconds",
+        "max_tool_calls_per_day", "tokens_day", "tokens_today", "tool_calls_today",
+        "model_calls_outside_runs_today", "tool_calls_outside_runs_today",
+        "reserved_model_calls_outside_runs", "reserved_tool_calls", "daily_token_cap",
+        "reserved_tokens", "cost_this_period", "reserved_cost", "monthly_cost_cap",
+    )
+)  # fmt: skip
+LOCKED_RUN = "r.id, r.deadline, r.model_calls, r.reserved_model_calls, r.requested_tool_calls"
 
 
-def reserve(*, agent_id, record_id, provider, model, streamed, tokens, cost, run_id, now) -> bool:
-    """Reserve ``tokens``/``cost`` and open the ledger row; False if a cap (or state) refuses."""
-    params = {
-        **_when(now),
-        "agent": _db(agent_id),
-        "record": _db(record_id),
-        "tokens": tokens,
-        "cost": _money(cost),
-        "provider": provider,
-        "model": model,
-        "streamed": streamed,
-        "run": run_id,
-    }
-    with connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            cursor.execute(RESERVE_PG, params)
-            return cursor.fetchone() is not None
-        with transaction.atomic():
-            cursor.execute(f"UPDATE {AGENT} SET {RESERVE_SET} WHERE {RESERVE_WHERE}", params)
-            if cursor.rowcount != 1:
-                return False
-            cursor.execute(
-                f"INSERT INTO {RECORD} ({RECORD_COLUMNS}) VALUES ({RECORD_VALUES})", params
-            )
-            return True
-
-
-def settle(
-    *,
-    agent_id,
-    record_id,
-    reserved_tokens,
-    reserved_cost,
-    status,
-    http_status,
-    usage,
-    tool_calls,
-    cost,
-    latency_ms,
-    request_id,
-    now,
-) -> AgentState:
-    """Write the call's usage, charge the agent and release its reservation, once."""
-    params = {
-        **_when(now),
-        "agent": _db(agent_id),
-        "record": _db(record_id),
-        "status": status,
-        "http_status": http_status,
-        "input": usage.input_tokens,
-        "cached": usage.cached_input_tokens,
-        "created": usage.cache_creation_input_tokens,
-        "output": usage.output_tokens,
-        "tool_calls": tool_calls,
-        "cost": _money(cost),
-        "latency": latency_ms,
-        "request_id": request_id[:128],
-        "tokens": usage.total_tokens,
-        "reserved_tokens": reserved_tokens,
-        "reserved_cost": _money(reserved_cost),
-    }
-    with connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            cursor.execute(SETTLE_PG, params)
-            row = cursor.fetchone()
-        else:
-            row = _settle_in_steps(cursor, params)
-    if not row[-1]:
-        _charge_released(record_id, params, now)
-    return AgentState(*row[:-1], released=bool(row[-1]))
-
-
-def _settle_in_steps(cursor, params: dict) -> tuple:
-    with transaction.atomic():
-        cursor.execute(
-            f"UPDATE {RECORD} SET {SETTLE_RECORD_SET} WHERE id = %(record)s AND status = 'pending'",
-            params,
+def _postgresql() -> Statements:
+    verdict = VERDICT_COLUMNS.replace("{tools_eq}", "a.allowed_tools = %(cfg_tools)s::jsonb")
+    outside = "(CASE WHEN v.run_id IS NULL THEN 1 ELSE 0 END)"
+    values = RECORD_VALUES.format(agent="v.agent_id", run="v.run_id", json="::jsonb")
+    admit = f"""
+WITH la AS MATERIALIZED (
+    SELECT {LOCKED_AGENT}, {DERIVED} FROM {TOKEN} t JOIN {AGENT} a ON a.id = t.agent_id
+    WHERE t.token_hash = %(hash)s AND t.revoked_at IS NULL
+    FOR UPDATE OF a
+), lr AS MATERIALIZED (
+    SELECT {LOCKED_RUN} FROM {RUN} r WHERE r.agent_id = (SELECT id FROM la) AND r.status = 'active'
+    FOR UPDATE
+), v AS MATERIALIZED (
+    SELECT {verdict} FROM la AS a LEFT JOIN lr AS r ON true
+), reserved AS (
+    UPDATE {AGENT} AS a SET {RESERVE_SET.replace("{outside}", outside)}
+    FROM v WHERE a.id = v.agent_id AND v.code = 'ok' RETURNING a.id
+), run_reserved AS (
+    UPDATE {RUN} AS r SET reserved_model_calls = r.reserved_model_calls + 1
+    FROM v WHERE r.id = v.run_id AND v.code = 'ok' RETURNING r.id
+), opened AS (
+    INSERT INTO {RECORD} ({RECORD_COLUMNS}) SELECT {values} FROM v WHERE v.code = 'ok'
+)
+SELECT * FROM v"""
+    rec_outside = "(CASE WHEN rec.run_id IS NULL THEN 1 ELSE 0 END)"
+    settle = f"""
+WITH rec AS (
+    UPDATE {RECORD} SET {RECORD_SET.format(json="::jsonb")}
+    WHERE id = %(record)s AND status = 'pending'
+    RETURNING agent_id, run_id, reserved_tokens, reserved_cost, reserved_tool_calls
+), charged AS (
+    UPDATE {AGENT} AS a SET {
+        SETTLE_AGENT_SET.format(
+            greatest="GREATEST",
+            rec_tokens="rec.reserved_tokens",
+            rec_cost="rec.reserved_cost",
+            rec_tools="rec.reserved_tool_calls",
+            outside=rec_outside,
         )
-        released = cursor.rowcount
-        release = ("%(reserved_tokens)s", "%(reserved_cost)s") if released else ("0", "0")
-        cursor.execute(
-            f"UPDATE {AGENT} SET {_agent_set(*release, 'MAX')} WHERE id = %(agent)s", params
-        )
-        cursor.execute(f"SELECT {AGENT_STATE} FROM {AGENT} WHERE id = %(agent)s", params)
-        state = cursor.fetchone()
-    day = state[1]
-    if isinstance(day, str):
-        day = dt.date.fromisoformat(day)
-    return (
-        state[0],
-        day,
-        state[2],
-        state[3],
-        Decimal(str(state[4])),
-        Decimal(str(state[5])),
-        released,
+    }
+    FROM rec WHERE a.id = rec.agent_id RETURNING {AGENT_STATE}
+), run_charged AS (
+    UPDATE {RUN} AS r SET {SETTLE_RUN_SET.format(greatest="GREATEST")}
+    FROM rec WHERE r.id = rec.run_id RETURNING r.id
+), step AS (
+    {STEP_INSERT} SELECT id, 'model_call', %(model)s, %(detail)s::jsonb, %(now)s FROM run_charged
+)
+SELECT * FROM charged"""
+    return Statements(
+        config=CONFIG,
+        price=PRICE_ROW,
+        admit=admit,
+        settle=settle,
+        refused_step=STEP_INSERT
+        + "VALUES (%(run)s, 'refused', %(model)s, %(detail)s::jsonb, %(now)s) RETURNING id",
+        flush="SELECT txid_current()",
     )
 
 
-def _charge_released(record_id, params: dict, now: dt.datetime) -> None:
-    # The sweeper released this reservation already: the usage is still written
-    # (spend is never lost), and nothing is released a second time.
-    UsageRecord.objects.filter(pk=record_id).update(
-        input_tokens=params["input"],
-        cached_input_tokens=params["cached"],
-        cache_creation_input_tokens=params["created"],
-        output_tokens=params["output"],
-        tool_calls=params["tool_calls"],
-        cost=Decimal(str(params["cost"])),
-        settled_at=now,
+def _sqlite() -> Statements:
+    verdict = VERDICT_COLUMNS.replace("{tools_eq}", "a.allowed_tools = %(cfg_tools)s")
+    return Statements(
+        config=CONFIG,
+        price=PRICE_ROW,
+        admit=f"""SELECT {verdict} FROM {TOKEN} t
+            JOIN (SELECT a.*, {DERIVED} FROM {AGENT} a) a ON a.id = t.agent_id
+            LEFT JOIN {RUN} r ON r.agent_id = a.id AND r.status = 'active'
+            WHERE t.token_hash = %(hash)s AND t.revoked_at IS NULL""",
+        reserve_agent=f"UPDATE {AGENT} AS a SET "
+        + RESERVE_SET.replace("{outside}", "%(outside)s")
+        + " WHERE a.id = %(agent)s",
+        reserve_run=f"UPDATE {RUN} AS r SET reserved_model_calls = r.reserved_model_calls + 1 "
+        "WHERE r.id = %(run)s",
+        open_record=f"INSERT INTO {RECORD} ({RECORD_COLUMNS}) VALUES ("
+        + RECORD_VALUES.format(agent="%(agent)s", run="%(run)s", json="")
+        + ")",
+        pending_record=f"""SELECT agent_id, run_id, reserved_tokens, reserved_cost,
+            reserved_tool_calls FROM {RECORD} WHERE id = %(record)s AND status = 'pending'""",
+        settle_record=f"UPDATE {RECORD} SET {RECORD_SET.format(json='')} "
+        "WHERE id = %(record)s AND status = 'pending'",
+        settle_agent=f"UPDATE {AGENT} AS a SET "
+        + SETTLE_AGENT_SET.format(
+            greatest="MAX",
+            rec_tokens="%(rec_tokens)s",
+            rec_cost="%(rec_cost)s",
+            rec_tools="%(rec_tools)s",
+            outside="%(outside)s",
+        )
+        + " WHERE a.id = %(agent)s",
+        settle_run=f"UPDATE {RUN} AS r SET {SETTLE_RUN_SET.format(greatest='MAX')} "
+        "WHERE r.id = %(run)s",
+        add_step=STEP_INSERT + "VALUES (%(run)s, 'model_call', %(model)s, %(detail)s, %(now)s)",
+        agent_state=f"SELECT {AGENT_STATE} FROM {AGENT} AS a WHERE a.id = %(agent)s",
+        refused_step=STEP_INSERT + "VALUES (%(run)s, 'refused', %(model)s, %(detail)s, %(now)s)",
     )
+
+
+def _compact(statements: Statements) -> Statements:
+    # Short texts: psycopg caches its parse of a statement up to 4 KiB long.
+    return Statements(
+        *(re.sub(r"\s+", " ", text).strip() for text in dataclasses.astuple(statements))
+    )
+
+
+@dataclass(frozen=True)
+class Raw:
+    """A statement in PostgreSQL's own ``$n`` form, for psycopg's raw cursor: psycopg
+    then parses no placeholders per call (it caches that parse only for short texts)."""
+
+    text: bytes
+    names: tuple[str, ...]
+
+    def args(self, params: dict) -> list:
+        return [params[name] for name in self.names]
+
+
+def raw(sql: str) -> Raw:
+    names: list[str] = []
+
+    def number(match: re.Match) -> str:
+        if match.group(1) not in names:
+            names.append(match.group(1))
+        return f"${names.index(match.group(1)) + 1}"
+
+    return Raw(re.sub(r"%\((\w+)\)s", number, sql).encode(), tuple(names))
+
+
+POSTGRESQL = _compact(_postgresql())
+SQLITE = _compact(_sqlite())
+POSTGRESQL_RAW = {name: raw(text) for name, text in dataclasses.asdict(POSTGRESQL).items() if text}

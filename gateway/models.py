@@ -1,4 +1,4 @@
-"""The gateway's ledger: prices, one row per model call, and agent runs."""
+"""The gateway's ledger: prices and one row per model call."""
 
 from __future__ import annotations
 
@@ -8,13 +8,21 @@ from decimal import Decimal
 from django.core.validators import MinValueValidator
 from django.db import models
 
+from agents.conversations import Run
 from agents.models import Agent, AIProvider
 
 ZERO = Decimal("0")
 
 
 class ModelPrice(models.Model):
-    """What a model costs, in US dollars per million tokens."""
+    """What one model name costs, in US dollars per million tokens.
+
+    A dated snapshot (``gpt-4o-2024-05-13``) is its own row: it is never priced
+    as its alias, whose price may differ. Cache writes are priced by their
+    lifetime (Anthropic: 1.25x input for 5 minutes, 2x for an hour; OpenAI
+    writes its cache for free). Long-context and priority tiers are not priced:
+    the gateway refuses what would select them (see gateway.providers).
+    """
 
     provider = models.CharField(max_length=16, choices=AIProvider.choices)
     model = models.CharField(max_length=100, help_text="The exact model name sent by clients.")
@@ -26,6 +34,21 @@ class ModelPrice(models.Model):
         max_digits=12,
         decimal_places=6,
         validators=[MinValueValidator(ZERO)],
+    )
+    cache_write_5m_per_mtok = models.DecimalField(
+        "cache write (5 min) $/Mtok",
+        max_digits=12,
+        decimal_places=6,
+        validators=[MinValueValidator(ZERO)],
+    )
+    cache_write_1h_per_mtok = models.DecimalField(
+        "cache write (1 h) $/Mtok",
+        max_digits=12,
+        decimal_places=6,
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(ZERO)],
+        help_text="Empty: a request that asks for a one-hour cache is refused.",
     )
     output_per_mtok = models.DecimalField(
         "output $/Mtok", max_digits=12, decimal_places=6, validators=[MinValueValidator(ZERO)]
@@ -47,7 +70,8 @@ class UsageStatus(models.TextChoices):
     OK = "ok", "OK"
     UPSTREAM_ERROR = "upstream_error", "Upstream error"
     CLIENT_GONE = "client_gone", "Client disconnected"
-    RELEASED = "released", "Reservation released by the sweeper"
+    REFUSED_RESPONSE = "refused_response", "Response refused (a tool not offered)"
+    SWEPT = "swept", "Never settled: charged its reservation by the sweeper"
 
 
 class UsageRecord(models.Model):
@@ -68,11 +92,26 @@ class UsageRecord(models.Model):
     cache_creation_input_tokens = models.PositiveBigIntegerField(default=0)
     output_tokens = models.PositiveBigIntegerField(default=0)
     tool_calls = models.PositiveIntegerField(default=0)
+    tool_names = models.JSONField(
+        default=list, blank=True, help_text="The tools the model asked for."
+    )
+    dropped_tools = models.JSONField(
+        default=list, blank=True, help_text="Tools off the allow-list, removed from the request."
+    )
     reserved_tokens = models.PositiveBigIntegerField(default=0)
+    reserved_output_tokens = models.PositiveBigIntegerField(default=0)
     reserved_cost = models.DecimalField(max_digits=14, decimal_places=6, default=ZERO)
+    reserved_tool_calls = models.PositiveIntegerField(default=0)
+    charged_reservation = models.BooleanField(
+        default=False,
+        help_text="No usage came from the provider (a timeout, a broken stream, a crash): "
+        "the call was charged its full reservation.",
+    )
     cost = models.DecimalField(max_digits=14, decimal_places=6, default=ZERO)
     latency_ms = models.PositiveIntegerField(null=True, blank=True)
-    run_id = models.CharField(max_length=64, blank=True)
+    run = models.ForeignKey(
+        Run, null=True, blank=True, on_delete=models.SET_NULL, related_name="usage_records"
+    )
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     settled_at = models.DateTimeField(null=True, blank=True)
 
@@ -86,37 +125,3 @@ class UsageRecord(models.Model):
     @property
     def total_tokens(self) -> int:
         return self.input_tokens + self.output_tokens
-
-
-class AgentRun(models.Model):
-    """One run of the agent loop: its deadline and tool-call count."""
-
-    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="gateway_runs")
-    run_id = models.CharField(max_length=64)
-    started_at = models.DateTimeField(auto_now_add=True)
-    deadline = models.DateTimeField()
-    tool_calls = models.PositiveIntegerField(default=0)
-
-    class Meta:
-        constraints = [
-            models.UniqueConstraint(fields=["agent", "run_id"], name="one_run_per_id"),
-        ]
-
-    def __str__(self) -> str:
-        return f"{self.agent_id}/{self.run_id}"
-
-
-class RateWindow(models.Model):
-    """Requests per agent per minute, when there is no Redis to count them."""
-
-    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="+")
-    minute = models.BigIntegerField(help_text="Unix time // 60.")
-    count = models.PositiveIntegerField(default=0)
-
-    class Meta:
-        constraints = [
-            models.UniqueConstraint(fields=["agent", "minute"], name="one_window_per_minute"),
-        ]
-
-    def __str__(self) -> str:
-        return f"{self.agent_id}@{self.minute}: {self.count}"

@@ -13,8 +13,7 @@ from django.utils import timezone
 from agents.models import Agent, AgentStatus, InvalidTransition
 from agents.services import DeployFailed, start_agent, stop_agent
 from droplets.docker_client import DropletError
-from gateway.metering import release_stale_reservations
-from gateway.models import AgentRun, RateWindow
+from gateway.metering import charge_unsettled_calls
 
 logger = logging.getLogger(__name__)
 
@@ -47,14 +46,11 @@ def stop_agent_at_cap(self, agent_id: str) -> None:
 
 @shared_task(ignore_result=True)
 def sweep() -> None:
-    """Release reservations of calls that never settled; prune old counters."""
+    """Charge calls that never settled (their process died) their full reservation."""
     older = dt.timedelta(minutes=settings.GATEWAY_RESERVATION_TIMEOUT_MINUTES)
-    released = release_stale_reservations(older_than=older)
-    if released:
-        logger.warning("released %d stale gateway reservation(s)", released)
-    minute_now = int(timezone.now().timestamp() // 60)
-    RateWindow.objects.filter(minute__lt=minute_now - 10).delete()
-    AgentRun.objects.filter(deadline__lt=timezone.now() - dt.timedelta(days=2)).delete()
+    charged = charge_unsettled_calls(older_than=older)
+    if charged:
+        logger.warning("charged %d unsettled gateway call(s) their full reservation", charged)
 
 
 @shared_task(ignore_result=True)

@@ -409,8 +409,11 @@ OPENAI_UPSTREAM_URL = env.str("OPENAI_UPSTREAM_URL", default="https://api.openai
 ANTHROPIC_UPSTREAM_URL = env.str("ANTHROPIC_UPSTREAM_URL", default="https://api.anthropic.com")
 GATEWAY_MAX_BODY_BYTES = env.int("GATEWAY_MAX_BODY_BYTES", default=1024 * 1024)
 GATEWAY_UPSTREAM_TIMEOUT_SECONDS = env.float("GATEWAY_UPSTREAM_TIMEOUT_SECONDS", default=120)
-# Threads doing the gateway's database work, each with its own open connection.
+# Threads doing the gateway's database work where it cannot run on the event
+# loop (SQLite, pausing an agent), each with its own open connection.
 GATEWAY_DB_THREADS = env.int("GATEWAY_DB_THREADS", default=8)
+# PostgreSQL connections per gateway process (per uvicorn worker), on its event loop.
+GATEWAY_DB_POOL_SIZE = env.int("GATEWAY_DB_POOL_SIZE", default=10)
 GATEWAY_RESERVATION_TIMEOUT_MINUTES = env.int("GATEWAY_RESERVATION_TIMEOUT_MINUTES", default=15)
 
 # --- Google integrations (integrations/google) ------------------------------------------

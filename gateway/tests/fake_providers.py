@@ -96,6 +96,7 @@ class Reply:
     input_tokens: int = 12
     cached_input_tokens: int = 0
     cache_creation_input_tokens: int = 0
+    cache_creation_1h_input_tokens: int = 0  # of cache_creation_input_tokens (Anthropic)
     output_tokens: int = 14
     tool_calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     status: int = 200
@@ -405,8 +406,9 @@ def anthropic_usage(reply: Reply, *, output_tokens: int) -> dict[str, Any]:
         "cache_creation_input_tokens": reply.cache_creation_input_tokens,
         "cache_read_input_tokens": reply.cached_input_tokens,
         "cache_creation": {
-            "ephemeral_5m_input_tokens": reply.cache_creation_input_tokens,
-            "ephemeral_1h_input_tokens": 0,
+            "ephemeral_5m_input_tokens": reply.cache_creation_input_tokens
+            - reply.cache_creation_1h_input_tokens,
+            "ephemeral_1h_input_tokens": reply.cache_creation_1h_input_tokens,
         },
         "output_tokens": output_tokens,
         "service_tier": "standard",

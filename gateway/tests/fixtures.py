@@ -10,9 +10,8 @@ import pytest
 from agents.models import Agent, AgentStatus
 from agents.services import create_agent
 from agents.tokens import issue_agent_token
-from gateway.metering import forget_prices
 from gateway.models import ModelPrice
-from gateway.proxy import close_db_threads
+from gateway.proxy import close_all, forget_prices
 from gateway.tests.live import start_live_server
 
 PROVIDER_KEY = "sk-live-owner-provider-key-0123456789"
@@ -22,12 +21,11 @@ ANTHROPIC_KEY = "sk-ant-api03-owner-provider-key-0123456789"
 @pytest.fixture
 def gateway(transactional_db, settings, fake_providers):
     """Our ASGI app on a real port, forwarding to the fake providers."""
-    settings.REDIS_URL = ""  # the database counts requests per minute unless a test says
     forget_prices()
     live = start_live_server()
     yield live.url
+    close_all()  # on the server's loop, while it still runs
     live.stop()
-    close_db_threads()
     forget_prices()
 
 
@@ -39,6 +37,8 @@ def prices(transactional_db):
         defaults={
             "input_per_mtok": Decimal("2.50"),
             "cached_input_per_mtok": Decimal("1.25"),
+            "cache_write_5m_per_mtok": Decimal("0"),
+            "cache_write_1h_per_mtok": Decimal("0"),
             "output_per_mtok": Decimal("10.00"),
         },
     )
@@ -48,6 +48,8 @@ def prices(transactional_db):
         defaults={
             "input_per_mtok": Decimal("3.00"),
             "cached_input_per_mtok": Decimal("0.30"),
+            "cache_write_5m_per_mtok": Decimal("3.75"),
+            "cache_write_1h_per_mtok": Decimal("6.00"),
             "output_per_mtok": Decimal("15.00"),
         },
     )
@@ -77,7 +79,9 @@ def make_agent(transactional_db, prices):
             provider=provider,
             provider_key=key,
         )
-        Agent.objects.filter(pk=agent.pk).update(**{"status": AgentStatus.RUNNING, **fields})
+        Agent.objects.filter(pk=agent.pk).update(
+            **{"status": AgentStatus.RUNNING, "billing_active": True, **fields}
+        )
         agent.refresh_from_db()
         return RunningAgent(agent=agent, token=issue_agent_token(agent=agent))
 

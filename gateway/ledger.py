@@ -1,0 +1,565 @@
+"""Running the gateway's statements (gateway.ledger_sql): on the event loop, or in a thread.
+
+On PostgreSQL the proxy runs them with psycopg's AsyncConnection from a small
+pool per event loop: no thread hop, one round trip each. Anywhere else (SQLite
+for local runs) and for synchronous callers (the sweeper, tests) they run
+through Django's connection; async callers then hop to a thread (``in_db``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import functools
+import json
+import threading
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from django.conf import settings
+from django.db import connection, connections, transaction
+from psycopg import AsyncRawCursor
+
+from agents.models import Agent
+from gateway import ledger_sql
+from gateway.metering import Price
+from gateway.providers import Call, Usage, tool_key
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """What shapes a request before admission: read by token, re-checked in admission."""
+
+    agent_id: uuid.UUID
+    provider: str
+    sealed_key: str
+    max_tokens: int
+    allowed_tools: Any  # as stored, handed back to the admission's freshness check
+    allowed: frozenset[str]  # tool_key spellings
+
+    @property
+    def provider_key(self) -> str:
+        field_ = Agent._meta.get_field("ai_api_key")
+        return field_.open_for_pk(self.agent_id, self.sealed_key) if self.sealed_key else ""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    code: str
+    agent_id: uuid.UUID
+    run_id: uuid.UUID | None
+    status: str
+    max_requests_per_minute: int
+    max_model_steps_per_run: int
+    max_tool_calls_per_run: int
+    max_runtime_seconds: int
+    max_tool_calls_per_day: int
+    daily_token_cap: int
+    monthly_cost_cap: Decimal
+    spent_tokens: int
+    cost_this_period: Decimal
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """What an admitted call holds until it settles."""
+
+    record_id: uuid.UUID
+    agent_id: uuid.UUID
+    run_id: uuid.UUID | None
+    tokens: int
+    output_tokens: int
+    cost: Decimal
+    tool_calls: int
+    dropped_tools: list[str] = field(default_factory=list)
+
+    @classmethod
+    def of_record(cls, record) -> Reservation:
+        return cls(
+            record_id=record.pk,
+            agent_id=record.agent_id,
+            run_id=record.run_id,
+            tokens=record.reserved_tokens,
+            output_tokens=record.reserved_output_tokens,
+            cost=record.reserved_cost,
+            tool_calls=record.reserved_tool_calls,
+            dropped_tools=list(record.dropped_tools or []),
+        )
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a call ended, to be charged: the provider's usage, or the whole reservation."""
+
+    status: str
+    http_status: int | None
+    usage: Usage = field(default_factory=Usage)
+    cost: Decimal = Decimal(0)
+    tool_names: list[str] = field(default_factory=list)  # what the model asked for
+    tool_calls: int = 0  # what reached the client, counted against the limits
+    full: bool = False  # no usage from the provider: charge the reservation
+    latency_ms: int | None = None
+    request_id: str = ""
+
+    @classmethod
+    def full_reservation(cls, status: str, *, http_status: int | None, **rest: Any) -> Outcome:
+        return cls(status=status, http_status=http_status, full=True, **rest)
+
+
+@dataclass(frozen=True)
+class AgentState:
+    """The agent's cap state right after a settlement."""
+
+    agent_id: uuid.UUID
+    status: str
+    tokens_day: dt.date | None
+    tokens_today: int
+    daily_token_cap: int
+    cost_this_period: Decimal
+    monthly_cost_cap: Decimal
+
+
+# --- parameters -------------------------------------------------------------------------
+
+
+def config_from_row(row: tuple) -> AgentConfig:
+    pk, provider, sealed, max_tokens, tools = row
+    allowed = json.loads(tools) if isinstance(tools, str) else (tools or [])
+    return AgentConfig(
+        agent_id=pk if isinstance(pk, uuid.UUID) else uuid.UUID(pk),
+        provider=provider,
+        sealed_key=sealed or "",
+        max_tokens=max_tokens,
+        allowed_tools=tools,
+        allowed=frozenset(tool_key(name) for name in allowed if isinstance(name, str)),
+    )
+
+
+def price_from_row(row: tuple | None) -> Price | None:
+    if row is None:
+        return None
+    money = [None if value is None else Decimal(str(value)) for value in row]
+    return Price(*money)
+
+
+def admit_params(
+    *,
+    token_hash: str,
+    config: AgentConfig,
+    call: Call,
+    provider: str,
+    cost: Decimal,
+    now: dt.datetime,
+) -> dict[str, Any]:
+    tools = config.allowed_tools
+    return {
+        "hash": token_hash,
+        "cfg_provider": config.provider,
+        "cfg_key": config.sealed_key,
+        "cfg_max_tokens": config.max_tokens,
+        "cfg_tools": tools if isinstance(tools, str) else json.dumps(tools),
+        "minute": int(now.timestamp() // 60),
+        "now": now,
+        "today": now.date(),
+        "tools": call.reserved_tool_calls,
+        "tokens": call.worst_case_tokens,
+        "output": call.max_output_tokens,
+        "cost": cost,
+        "record": uuid.uuid4(),
+        "provider": provider,
+        "model": call.model,
+        "streamed": call.stream,
+        "no_tools": "[]",
+        "dropped": json.dumps(call.dropped_tools),
+        "no": False,
+    }
+
+
+def verdict_from_row(row: tuple) -> Verdict:
+    values = list(row)
+    for index in (0, 1):
+        if values[index] is not None and not isinstance(values[index], uuid.UUID):
+            values[index] = uuid.UUID(values[index])
+    values[10] = Decimal(str(values[10]))  # monthly_cost_cap
+    values[12] = Decimal(str(values[12]))  # cost_this_period
+    agent_id, run_id, code, *rest = values
+    return Verdict(code, agent_id, run_id, *rest)
+
+
+def reservation_for(params: dict[str, Any], verdict: Verdict, call: Call) -> Reservation:
+    return Reservation(
+        record_id=params["record"],
+        agent_id=verdict.agent_id,
+        run_id=verdict.run_id,
+        tokens=params["tokens"],
+        output_tokens=params["output"],
+        cost=params["cost"],
+        tool_calls=params["tools"],
+        dropped_tools=call.dropped_tools,
+    )
+
+
+def settle_params(
+    reservation: Reservation, outcome: Outcome, *, model: str, now: dt.datetime
+) -> dict[str, Any]:
+    usage, cost, tool_calls = outcome.usage, outcome.cost, outcome.tool_calls
+    if outcome.full:
+        usage = Usage(
+            input_tokens=reservation.tokens - reservation.output_tokens,
+            output_tokens=reservation.output_tokens,
+        )
+        cost, tool_calls = reservation.cost, reservation.tool_calls
+    detail = {
+        "model": model,
+        "status": outcome.status,
+        "input_tokens": usage.input_tokens,
+        "output_tokens": usage.output_tokens,
+        "cached_input_tokens": usage.cached_input_tokens,
+        "cache_creation_input_tokens": usage.cache_creation_input_tokens,
+        "cost": str(cost),
+        "charged_reservation": outcome.full,
+        "latency_ms": outcome.latency_ms,
+        "tools_requested": outcome.tool_names,
+        "tools_dropped": reservation.dropped_tools,
+    }
+    return {
+        "record": reservation.record_id,
+        "agent": reservation.agent_id,
+        "run": reservation.run_id,
+        "status": outcome.status,
+        "http_status": outcome.http_status,
+        "input": usage.input_tokens,
+        "cached": usage.cached_input_tokens,
+        "created": usage.cache_creation_input_tokens,
+        "output": usage.output_tokens,
+        "tokens": usage.total_tokens,
+        "tool_calls": tool_calls,
+        "tool_names": json.dumps(outcome.tool_names),
+        "cost": cost,
+        "charged": outcome.full,
+        "latency": outcome.latency_ms,
+        "request_id": outcome.request_id[:128],
+        "model": model,
+        "detail": json.dumps(detail),
+        "now": now,
+        "today": now.date(),
+    }
+
+
+def state_from_row(agent_id: uuid.UUID, row: tuple | None) -> AgentState | None:
+    if row is None:
+        return None
+    status, day, tokens, cap, cost, money = row
+    if isinstance(day, str):
+        day = dt.date.fromisoformat(day)
+    return AgentState(agent_id, status, day, tokens, cap, Decimal(str(cost)), Decimal(str(money)))
+
+
+def refusal_params(run_id: uuid.UUID, model: str, detail: dict, now: dt.datetime) -> dict:
+    return {"run": run_id, "model": model, "detail": json.dumps(detail), "now": now}
+
+
+# --- through Django's connection (SQLite, and synchronous callers) ------------------------
+
+
+def _for_sqlite(params: dict[str, Any]) -> dict[str, Any]:
+    ops = connection.ops
+    adapted = {}
+    for key, value in params.items():
+        if isinstance(value, uuid.UUID):
+            value = value.hex
+        elif isinstance(value, dt.datetime):
+            value = ops.adapt_datetimefield_value(value)
+        elif isinstance(value, dt.date):
+            value = ops.adapt_datefield_value(value)
+        elif isinstance(value, Decimal):
+            value = str(value)
+        adapted[key] = value
+    return adapted
+
+
+def _statements() -> ledger_sql.Statements:
+    return ledger_sql.POSTGRESQL if connection.vendor == "postgresql" else ledger_sql.SQLITE
+
+
+def _params(params: dict[str, Any]) -> dict[str, Any]:
+    return params if connection.vendor == "postgresql" else _for_sqlite(params)
+
+
+def config_sync(token_hash: str) -> AgentConfig | None:
+    with connection.cursor() as cursor:
+        cursor.execute(_statements().config, {"hash": token_hash})
+        row = cursor.fetchone()
+    return config_from_row(row) if row else None
+
+
+def price_sync(provider: str, model: str) -> Price | None:
+    with connection.cursor() as cursor:
+        cursor.execute(_statements().price, {"provider": provider, "model": model})
+        return price_from_row(cursor.fetchone())
+
+
+def admit_sync(params: dict[str, Any]) -> Verdict | None:
+    sql = _statements()
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute(sql.admit, params)
+            row = cursor.fetchone()
+            return verdict_from_row(row) if row else None
+        with transaction.atomic():  # IMMEDIATE on SQLite: the write lock, then the verdict
+            cursor.execute(sql.admit, _for_sqlite(params))
+            row = cursor.fetchone()
+            if row is None:
+                return None
+            verdict = verdict_from_row(row)
+            if verdict.code == "ok":
+                steps = _for_sqlite(
+                    {
+                        **params,
+                        "agent": verdict.agent_id,
+                        "run": verdict.run_id,
+                        "outside": 0 if verdict.run_id else 1,
+                    }
+                )
+                cursor.execute(sql.reserve_agent, steps)
+                if verdict.run_id:
+                    cursor.execute(sql.reserve_run, steps)
+                cursor.execute(sql.open_record, steps)
+            return verdict
+
+
+def settle_sync(
+    reservation: Reservation, outcome: Outcome, *, model: str, now: dt.datetime
+) -> AgentState | None:
+    """Charge the call once; None if it was settled already (by the proxy or the sweeper)."""
+    params = settle_params(reservation, outcome, model=model, now=now)
+    sql = _statements()
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute(sql.settle, params)
+            return state_from_row(reservation.agent_id, cursor.fetchone())
+        params = _for_sqlite(params)
+        with transaction.atomic():
+            cursor.execute(sql.pending_record, params)
+            row = cursor.fetchone()
+            if row is None:
+                return None
+            agent, run, tokens, cost, tools = row
+            steps = {
+                **params,
+                "agent": agent,
+                "run": run,
+                "rec_tokens": tokens,
+                "rec_cost": cost,
+                "rec_tools": tools,
+                "outside": 0 if run else 1,
+            }
+            cursor.execute(sql.settle_record, steps)
+            cursor.execute(sql.settle_agent, steps)
+            if run:
+                cursor.execute(sql.settle_run, steps)
+                cursor.execute(sql.add_step, steps)
+            cursor.execute(sql.agent_state, steps)
+            return state_from_row(reservation.agent_id, cursor.fetchone())
+
+
+def refusal_step_sync(params: dict[str, Any]) -> None:
+    with connection.cursor() as cursor:
+        cursor.execute(_statements().refused_step, _params(params))
+
+
+# --- the proxy's ledger ----------------------------------------------------------------------
+
+_db_pool: ThreadPoolExecutor | None = None
+
+
+async def in_db(fn, /, *args: Any, **kwargs: Any) -> Any:
+    """Run ``fn`` in a gateway database thread (each keeps its Django connection)."""
+    global _db_pool
+    if _db_pool is None:
+        _db_pool = ThreadPoolExecutor(
+            max_workers=settings.GATEWAY_DB_THREADS, thread_name_prefix="gateway-db"
+        )
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(_db_pool, functools.partial(_closing, fn, *args, **kwargs))
+
+
+def _closing(fn, *args: Any, **kwargs: Any) -> Any:
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        if connection.errors_occurred:
+            connection.close_if_unusable_or_obsolete()
+
+
+class ThreadLedger:
+    """The ledger through Django's connection in gateway threads (SQLite, local runs)."""
+
+    async def config(self, token_hash: str) -> AgentConfig | None:
+        return await in_db(config_sync, token_hash)
+
+    async def price(self, provider: str, model: str) -> Price | None:
+        return await in_db(price_sync, provider, model)
+
+    async def admit(self, params: dict[str, Any]) -> Verdict | None:
+        return await in_db(admit_sync, params)
+
+    async def settle(
+        self, reservation: Reservation, outcome: Outcome, *, model: str, now
+    ) -> AgentState | None:
+        return await in_db(settle_sync, reservation, outcome, model=model, now=now)
+
+    async def refusal_step(self, params: dict[str, Any]) -> None:
+        await in_db(refusal_step_sync, params)
+
+    async def close(self) -> None:
+        return None
+
+
+class PgLedger:
+    """The ledger on the event loop: psycopg's AsyncConnection, one round trip a statement.
+
+    Statements commit without waiting for the WAL flush (``synchronous_commit
+    = off``): a disk's fsync on a shared machine costs more than the whole
+    latency budget, and a commit that waits for it holds the agent's row lock
+    meanwhile, so the agent's next admission would wait too. Their effects are
+    visible to every other call at once, so no cap can be passed. Settlement is
+    then made durable off the client's path and without holding any lock: a
+    second, empty transaction with an xid (``txid_current()``) commits with
+    ``synchronous_commit = on``, which flushes the WAL up to it, the settlement
+    (and every earlier admission) included. Only a crash of the database itself
+    within its WAL writer's delay could lose the last writes: a lost settlement
+    leaves its call pending (the sweeper charges it in full), a lost admission
+    leaves no trace.
+    """
+
+    def __init__(self) -> None:
+        from psycopg_pool import AsyncConnectionPool
+
+        params = connections["default"].get_connection_params()
+        params.pop("cursor_factory", None)
+        params.pop("context", None)
+        params["autocommit"] = True  # each statement is its own transaction
+        size = settings.GATEWAY_DB_POOL_SIZE
+        self.admit_pool = AsyncConnectionPool(
+            kwargs={**params, "options": "-c synchronous_commit=off"},
+            min_size=1,
+            max_size=size,
+            open=False,
+            name="gateway-admit",
+        )
+        self.flush_pool = AsyncConnectionPool(
+            kwargs=params, min_size=1, max_size=max(size // 2, 2), open=False, name="gateway-flush"
+        )
+        self._opening: asyncio.Future | None = None
+        self._flush_lock = asyncio.Lock()
+        self._settled = self._durable = 0  # settlements committed, and known on disk
+
+    async def _rows(
+        self, statement: str, params: dict[str, Any], *, durable: bool = False
+    ) -> list[tuple]:
+        if self._opening is None:
+            self._opening = asyncio.ensure_future(
+                asyncio.gather(self.admit_pool.open(), self.flush_pool.open())
+            )
+        await asyncio.shield(self._opening)
+        sql = ledger_sql.POSTGRESQL_RAW[statement]
+        pool = self.flush_pool if durable else self.admit_pool
+        async with pool.connection() as conn:
+            cursor = AsyncRawCursor(conn)
+            await cursor.execute(sql.text, sql.args(params), prepare=True)
+            return await cursor.fetchall()
+
+    async def config(self, token_hash: str) -> AgentConfig | None:
+        rows = await self._rows("config", {"hash": token_hash})
+        return config_from_row(rows[0]) if rows else None
+
+    async def price(self, provider: str, model: str) -> Price | None:
+        rows = await self._rows("price", {"provider": provider, "model": model})
+        return price_from_row(rows[0] if rows else None)
+
+    async def admit(self, params: dict[str, Any]) -> Verdict | None:
+        rows = await self._rows("admit", params)
+        return verdict_from_row(rows[0]) if rows else None
+
+    async def settle(
+        self, reservation: Reservation, outcome: Outcome, *, model: str, now
+    ) -> AgentState | None:
+        params = settle_params(reservation, outcome, model=model, now=now)
+        rows = await self._rows("settle", params)
+        self._settled += 1
+        await self._flush(self._settled)
+        return state_from_row(reservation.agent_id, rows[0] if rows else None)
+
+    async def _flush(self, settled: int) -> None:
+        """Return once settlement number ``settled`` is on disk.
+
+        One flush at a time; settlements committed while one runs share the
+        next (a group commit), so concurrent calls need not flush each.
+        """
+        async with self._flush_lock:
+            if self._durable >= settled:
+                return
+            covered = self._settled
+            await self._rows("flush", {}, durable=True)  # holds no lock
+            self._durable = covered
+
+    async def refusal_step(self, params: dict[str, Any]) -> None:
+        await self._rows("refused_step", params)
+
+    async def close(self) -> None:
+        if self._opening is not None:
+            await asyncio.gather(self.admit_pool.close(), self.flush_pool.close())
+
+
+_ledgers: dict[asyncio.AbstractEventLoop, PgLedger | ThreadLedger] = {}
+_ledgers_lock = threading.Lock()
+
+
+def ledger() -> PgLedger | ThreadLedger:
+    """This event loop's ledger (psycopg connections are bound to their loop)."""
+    loop = asyncio.get_running_loop()
+    found = _ledgers.get(loop)
+    if found is None:
+        with _ledgers_lock:
+            found = _ledgers.get(loop)
+            if found is None:
+                vendor = connections["default"].vendor
+                found = PgLedger() if vendor == "postgresql" else ThreadLedger()
+                _ledgers[loop] = found
+    return found
+
+
+async def close_loop_ledger() -> None:
+    """Close the running loop's ledger (its pool), from that loop."""
+    with _ledgers_lock:
+        found = _ledgers.pop(asyncio.get_running_loop(), None)
+    if found is not None:
+        await found.close()
+
+
+def close_ledgers(timeout: float = 10) -> None:
+    """Close every loop's pool and the database threads (tests, shutdown)."""
+    global _db_pool
+    with _ledgers_lock:
+        found = list(_ledgers.items())
+        _ledgers.clear()
+    for loop, each in found:
+        if loop.is_running():
+            asyncio.run_coroutine_threadsafe(each.close(), loop).result(timeout)
+    pool, _db_pool = _db_pool, None
+    if pool is None:
+        return
+    workers = pool._max_workers
+    barrier = threading.Barrier(workers)
+
+    def close_here() -> None:
+        barrier.wait(timeout=10)  # one call per thread: each waits for the others
+        connections.close_all()
+
+    for future in [pool.submit(close_here) for _ in range(workers)]:
+        future.result(timeout=15)
+    pool.shutdown(wait=True)
