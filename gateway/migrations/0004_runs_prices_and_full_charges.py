@@ -27,7 +27,7 @@ def cache_write_prices(apps, schema_editor):
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("agents", "0009_gateway_counters"),
+        ("agents", "0010_gateway_counters"),
         ("gateway", "0003_agentrun_related_name"),
     ]
 

@@ -6,7 +6,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("agents", "0008_run_counters"),
+        ("agents", "0009_kill_agent_permission"),
     ]
 
     operations = [
