@@ -1,4 +1,4 @@
-"""The kill switch: one signed HTTP call stops an agent (DESIGN.md, trust boundary 5).
+"""The kill switch: one signed HTTP call stops an agent (DESIGN.md, trust boundary 6).
 
 ``handle_kill_call`` verifies a webhook call, kills the agent and writes the
 audit row; ``kill_agent`` is the kill itself, shared with the ``kill_agent``
@@ -8,9 +8,18 @@ answers, and reconciliation (which stops the running container of any agent
 that is not `running`) if it does not.
 
 A call is ``X-SaferClaw-Timestamp: <unix seconds>`` and
-``X-SaferClaw-Signature: v1=<hex HMAC-SHA256(secret, "<timestamp>.<raw body>")>``,
-signed with an operator secret (``settings.KILL_SWITCH_SECRET``, a list during
-a rotation) or the agent's own kill secret.
+``X-SaferClaw-Signature: v2=<hex HMAC-SHA256(secret, "<timestamp>.<agent id>.<raw body>")>``,
+where the agent id is the one in the URL, exactly as sent. The secret is an
+operator secret (``settings.KILL_SWITCH_SECRET``, a list during a rotation),
+tried first, or the agent's own kill secret. ``v1=`` over
+``"<timestamp>.<raw body>"`` names no agent, so it is accepted only while
+``settings.KILL_SWITCH_ACCEPT_V1`` is on and only with a body whose
+``agent_id`` is the URL's agent.
+
+The order is what makes it fast: one query finds the agent, the signature is
+checked in memory, then one statement records the signature and revokes the
+agent's tokens, so the gateway refuses the agent's next call before anything
+slower (the state change, its event, Docker, the audit row) happens.
 """
 
 from __future__ import annotations
@@ -30,7 +39,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from agents.models import (
@@ -38,6 +47,7 @@ from agents.models import (
     Agent,
     AgentEvent,
     AgentStatus,
+    AgentToken,
     InvalidTransition,
     KillSwitchCall,
     UsedKillSignature,
@@ -49,6 +59,7 @@ from droplets.docker_client import DropletError, DropletUnreachable
 from droplets.models import DropletStatus
 from droplets.services import record_droplet_failure
 from safer_claw.api import error_body
+from safer_claw.encryption import DecryptionError
 
 logger = logging.getLogger(__name__)
 S = AgentStatus
@@ -63,7 +74,7 @@ REPLAY_WINDOW = dt.timedelta(seconds=2 * MAX_SKEW_SECONDS)
 BROKER_TIMEOUT_SECONDS = 2
 
 _TIMESTAMP = re.compile(r"^[0-9]{1,12}$")
-_SIGNATURE = re.compile(r"^v1=([0-9a-fA-F]{64})$")
+_SIGNATURE = re.compile(r"^(v1|v2)=([0-9a-fA-F]{64})$")
 # An id no agent has (uuid4s never look like this): an unknown or malformed id is
 # looked up, and its "secret" decrypted, under it, so it costs what a known one does.
 _DECOY_AGENT_ID = uuid.UUID("00000000-0000-4000-8000-00000000dec0")
@@ -95,6 +106,7 @@ class KillOutcome:
 class KillCallResult:
     status: int
     body: dict[str, Any]
+    deprecated: bool = False  # accepted with a v1 signature
 
 
 # --- The kill ----------------------------------------------------------------------------
@@ -237,12 +249,34 @@ def rotate_kill_secret(*, agent: Agent, actor: Any) -> str:
     return secret
 
 
+# --- How to call it ---------------------------------------------------------------------
+
+# A shell recipe that signs and sends a kill with v2 (bash, openssl, curl), for
+# the README and the dashboard. AGENT_ID and SECRET come from the environment.
+_CURL_RECIPE = """\
+body='{"action": "stop"}'     # or {"action": "remove"}
+ts=$(date +%s)
+sig=$(printf '%s.%s.%s' "$ts" "$AGENT_ID" "$body" |
+    openssl dgst -sha256 -hmac "$SECRET" -hex | sed 's/^.* //')
+curl -sS -X POST "BASE_URL/webhooks/agent-kill/$AGENT_ID" \\
+    -H "X-SaferClaw-Timestamp: $ts" -H "X-SaferClaw-Signature: v2=$sig" \\
+    -H "Content-Type: application/json" --data-binary "$body"
+"""
+
+
+def curl_recipe(*, base_url: str) -> str:
+    """The kill call for ``base_url`` as a bash/openssl/curl recipe (README, dashboard)."""
+    return _CURL_RECIPE.replace("BASE_URL", base_url.rstrip("/"))
+
+
 # --- The webhook call ----------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class _Verified:
     agent: Agent
+    signature: str
+    version: str  # "v1" or "v2"
     signed_with: str  # "operator" or "owner"
     action: str
 
@@ -260,10 +294,20 @@ def handle_kill_call(
     ``body`` is at most ``KILL_SWITCH_MAX_BODY_BYTES + 1`` bytes (the caller
     stops reading there). A refused call changes nothing but its audit row.
     """
-    verified: _Verified | None = None
     ip = _valid_ip(source_ip)
     try:
         verified = _verify(agent_id=agent_id, method=method, headers=headers, body=body)
+        # From here on the gateway refuses the agent's token.
+        _claim_signature_and_revoke(verified)
+    except KillRefused as refused:
+        _audit(agent_id, method, ip, refused.status, refused.code, agent=refused.agent)
+        return KillCallResult(refused.status, error_body(refused.code, refused.message))
+    if verified.version == "v1":
+        logger.warning(
+            "kill switch: agent %s killed with a deprecated v1 signature; sign with v2",
+            verified.agent.pk,
+        )
+    try:
         outcome = kill_agent(
             agent=verified.agent,
             remove=verified.action == REMOVE,
@@ -271,12 +315,8 @@ def handle_kill_call(
             source="kill_switch",
             reason=f"kill switch ({verified.signed_with} secret) from {ip or '?'}",
         )
-    except KillRefused as refused:
-        _audit(agent_id, method, ip, refused.status, refused.code, agent=refused.agent)
-        return KillCallResult(refused.status, error_body(refused.code, refused.message))
-    except InvalidTransition as exc:
-        agent = verified.agent if verified else None
-        _audit(agent_id, method, ip, 409, "invalid_state", agent=agent)
+    except InvalidTransition as exc:  # deleted meanwhile: its tokens are revoked regardless
+        _audit(agent_id, method, ip, 409, "invalid_state", agent=verified.agent)
         return KillCallResult(409, error_body("invalid_state", str(exc)))
     status = 202 if outcome.container == PENDING else 200
     _audit(
@@ -299,6 +339,7 @@ def handle_kill_call(
             "container": outcome.container,
             "already_killed": not outcome.newly_killed,
         },
+        deprecated=verified.version == "v1",
     )
 
 
@@ -307,18 +348,23 @@ def _verify(*, agent_id: str, method: str, headers: Mapping[str, str], body: byt
         raise KillRefused(405, "method_not_allowed", "The kill switch takes POST only.")
     if len(body) > settings.KILL_SWITCH_MAX_BODY_BYTES:
         raise KillRefused(413, "body_too_large", "The body is too large for a kill call.")
-    timestamp, signature = _parse_headers(headers)
+    timestamp, version, signature = _parse_headers(headers)
     if abs(time.time() - int(timestamp)) > MAX_SKEW_SECONDS:
         raise KillRefused(
             401, "stale_timestamp", f"The timestamp is more than {MAX_SKEW_SECONDS} s off."
         )
-    agent, signed_with = _authenticate(agent_id, timestamp, body, signature)
-    action = _parse_action(body, agent)
-    _remember(signature, agent)
-    return _Verified(agent=agent, signed_with=signed_with, action=action)
+    signed = f"{timestamp}.{agent_id}." if version == "v2" else f"{timestamp}."
+    agent, signed_with = _authenticate(agent_id, signed.encode() + body, signature)
+    action = _parse_action(body, agent, must_name_agent=version == "v1")
+    if agent.status == S.DELETED:
+        raise KillRefused(409, "invalid_state", "The agent is deleted.", agent=agent)
+    return _Verified(
+        agent=agent, signature=signature, version=version, signed_with=signed_with, action=action
+    )
 
 
-def _parse_headers(headers: Mapping[str, str]) -> tuple[str, str]:
+def _parse_headers(headers: Mapping[str, str]) -> tuple[str, str, str]:
+    """(timestamp, signature version, hex signature) from the call's headers."""
     timestamp = headers.get(TIMESTAMP_HEADER)
     signature = headers.get(SIGNATURE_HEADER)
     if not timestamp or not signature:
@@ -332,28 +378,36 @@ def _parse_headers(headers: Mapping[str, str]) -> tuple[str, str]:
         raise KillRefused(
             401,
             "malformed_signature",
-            f"{TIMESTAMP_HEADER} must be unix seconds and {SIGNATURE_HEADER} v1=<64 hex digits>.",
+            f"{TIMESTAMP_HEADER} must be unix seconds and {SIGNATURE_HEADER} v2=<64 hex digits>.",
         )
-    return timestamp.strip(), match.group(1).lower()
+    version, digest = match.groups()
+    if version == "v1" and not settings.KILL_SWITCH_ACCEPT_V1:
+        raise KillRefused(
+            401,
+            "unsupported_signature_version",
+            'v1 signatures are no longer accepted: sign "<timestamp>.<agent id>.<body>" (v2).',
+        )
+    return timestamp.strip(), version, digest.lower()
 
 
-def _authenticate(agent_id: str, timestamp: str, body: bytes, signature: str) -> tuple[Agent, str]:
+def _authenticate(agent_id: str, message: bytes, signature: str) -> tuple[Agent, str]:
     """The agent and which secret signed; an unknown agent is a bad signature.
 
-    Every call does the same work, so neither the answer nor its timing tells
-    whether the agent exists: one lookup, one decryption, one HMAC per
-    operator secret plus one for the agent's secret, every comparison made.
+    Operator secrets are tried first, so an operator's kill never depends on
+    the agent's own secret opening. Otherwise the agent's secret is opened (a
+    random one stands in for an unknown agent or a secret that cannot be
+    opened), so neither the answer nor its timing tells whether the agent exists.
     """
     agent = _find_agent(agent_id)
-    owner_secret = _owner_secret(agent)
-    message = timestamp.encode() + b"." + body
     operator_ok = False
     for secret in settings.KILL_SWITCH_SECRET:
         operator_ok |= hmac.compare_digest(_sign(secret, message), signature)
-    owner_ok = hmac.compare_digest(_sign(owner_secret, message), signature)
-    if agent is None or not (operator_ok or owner_ok):
+    if agent is not None and operator_ok:
+        return agent, "operator"
+    owner_ok = hmac.compare_digest(_sign(_owner_secret(agent), message), signature)
+    if agent is None or not owner_ok:
         raise KillRefused(401, "invalid_signature", "The signature does not match.", agent=agent)
-    return agent, "operator" if operator_ok else "owner"
+    return agent, "owner"
 
 
 def _find_agent(agent_id: str) -> Agent | None:
@@ -365,8 +419,25 @@ def _find_agent(agent_id: str) -> Agent | None:
 
 
 def _owner_secret(agent: Agent | None) -> str:
-    if agent is not None and agent.kill_secret:
-        return agent.kill_secret
+    """The agent's kill secret, or a random one that matches nothing.
+
+    A secret that cannot be opened (its key left the ring too early, a backup
+    restored under other keys) counts as no secret: the owner's kill fails
+    like a bad signature, and an operator's kill is unaffected.
+    """
+    if agent is not None:
+        try:
+            secret = agent.kill_secret
+        except DecryptionError as exc:
+            logger.error(
+                "kill switch: the kill secret of agent %s cannot be opened (%s); "
+                "only operator secrets can kill it until its owner rotates it",
+                agent.pk,
+                exc,
+            )
+        else:
+            if secret:
+                return secret
     # Seal and open a random secret, as a real agent's is opened; it matches nothing.
     decoy = Agent(id=_DECOY_AGENT_ID)
     field = Agent._meta.get_field("kill_secret")
@@ -377,40 +448,88 @@ def _sign(secret: str, message: bytes) -> str:
     return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
 
 
-def _parse_action(body: bytes, agent: Agent) -> str:
+def _parse_action(body: bytes, agent: Agent, *, must_name_agent: bool) -> str:
     """The action from an (optional) JSON body ``{"action": "stop"|"remove"}``.
 
-    A body may also name ``agent_id``: it must then be this agent, which binds
-    a signature to one agent (the signed text itself does not name it).
+    A body may also name ``agent_id``; it must then be this agent. A v1
+    signature does not cover the agent id, so with v1 the body must name it.
     """
-    if not body.strip():
-        return STOP
-    try:
-        data = json.loads(body)
-    except ValueError:
-        data = None
+    data: Any = {}
+    if body.strip():
+        try:
+            data = json.loads(body)
+        except ValueError:
+            data = None
     if not isinstance(data, dict):
         raise KillRefused(400, "invalid_body", "The body must be a JSON object.", agent=agent)
+    named = data.get("agent_id")
+    if named is None and must_name_agent:
+        raise KillRefused(
+            401,
+            "unbound_signature",
+            'A v1 signature does not name the agent: put "agent_id" in the body, or sign with v2.',
+            agent=agent,
+        )
+    if named is not None and str(named).strip().lower() != str(agent.pk):
+        raise KillRefused(400, "agent_mismatch", "The body names another agent.", agent=agent)
     action = data.get("action", STOP)
     if action not in (STOP, REMOVE):
         raise KillRefused(400, "invalid_action", 'action must be "stop" or "remove".', agent=agent)
-    named = data.get("agent_id")
-    if named is not None and str(named).strip().lower() != str(agent.pk):
-        raise KillRefused(400, "agent_mismatch", "The body names another agent.", agent=agent)
     return action
 
 
-def _remember(signature: str, agent: Agent) -> None:
-    """Record the signature; refuse one seen before (the replay store)."""
-    now = timezone.now()
-    UsedKillSignature.objects.filter(created_at__lt=now - REPLAY_WINDOW).delete()
-    try:
-        with transaction.atomic():
-            UsedKillSignature.objects.create(signature=signature, created_at=now)
-    except IntegrityError:
+# Records the signature for this agent and, only if it was new, revokes the
+# agent's tokens: one statement, one round trip, one transaction (PostgreSQL).
+_CLAIM_AND_REVOKE_SQL = f"""
+WITH claimed AS (
+    INSERT INTO {UsedKillSignature._meta.db_table} (agent_id, signature, created_at)
+    VALUES (%(agent)s, %(signature)s, %(now)s)
+    ON CONFLICT DO NOTHING
+    RETURNING 1
+), revoked AS (
+    UPDATE {AgentToken._meta.db_table} SET revoked_at = %(now)s
+    WHERE agent_id = %(agent)s AND revoked_at IS NULL AND EXISTS (SELECT 1 FROM claimed)
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM claimed), (SELECT count(*) FROM revoked)
+"""  # noqa: S608 - table names are constants; every value is a parameter
+
+
+def _claim_signature_and_revoke(verified: _Verified) -> None:
+    """Record the signature as used for this agent, then revoke the agent's tokens.
+
+    Refuses a signature this agent has seen before (the replay store) and then
+    revokes nothing. Both happen in one transaction: on PostgreSQL in one
+    statement, as this is what the gateway's refusal waits for.
+    """
+    agent, now = verified.agent, timezone.now()
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(
+                _CLAIM_AND_REVOKE_SQL,
+                {"agent": agent.pk, "signature": verified.signature, "now": now},
+            )
+            claimed, _ = cursor.fetchone()
+    else:
+        try:
+            with transaction.atomic():
+                UsedKillSignature.objects.create(
+                    agent=agent, signature=verified.signature, created_at=now
+                )
+                revoke_agent_tokens(agent=agent)
+            claimed = 1
+        except IntegrityError:
+            claimed = 0
+    if not claimed:
         raise KillRefused(
             409, "replayed_signature", "This signature has been used already.", agent=agent
-        ) from None
+        )
+
+
+def forget_expired_signatures() -> int:
+    """Drop replay-store rows whose signatures can no longer pass the timestamp check."""
+    cutoff = timezone.now() - REPLAY_WINDOW
+    return UsedKillSignature.objects.filter(created_at__lt=cutoff).delete()[0]
 
 
 def _audit(
@@ -425,6 +544,7 @@ def _audit(
     action: str = "",
     accepted: bool = False,
 ) -> None:
+    """The call's audit row and log line; also where the replay store is pruned."""
     KillSwitchCall.objects.create(
         agent_id_given=agent_id[:64],
         agent=agent,
@@ -436,6 +556,7 @@ def _audit(
         signed_with=signed_with,
         action=action,
     )
+    forget_expired_signatures()
     logger.log(
         logging.WARNING if accepted else logging.INFO,
         "kill switch: %s %s agent=%r ip=%s outcome=%s signed_with=%s action=%s",

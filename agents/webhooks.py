@@ -27,4 +27,7 @@ def agent_kill(request: HttpRequest, agent_id: str) -> HttpResponse:
     response = JsonResponse(result.body, status=result.status)
     if result.status == 405:
         response["Allow"] = "POST"
+    if result.deprecated:
+        # RFC 9745: the v1 signature that was accepted is deprecated; sign with v2.
+        response["Deprecation"] = "true"
     return response
