@@ -16,10 +16,11 @@ tried first, or the agent's own kill secret. ``v1=`` over
 ``settings.KILL_SWITCH_ACCEPT_V1`` is on and only with a body whose
 ``agent_id`` is the URL's agent.
 
-The order is what makes it fast: one query finds the agent, the signature is
-checked in memory, then one statement records the signature and revokes the
-agent's tokens, so the gateway refuses the agent's next call before anything
-slower (the state change, its event, Docker, the audit row) happens.
+The order is what makes it fast: the signature is checked in memory (an
+owner's secret needs one query first), then one statement records the
+signature and revokes the agent's tokens, so the gateway refuses the agent's
+next call before anything slower (the state change, its event, Docker, the
+audit row) happens: ``start_kill_call`` is that part, ``finish_kill_call`` the rest.
 """
 
 from __future__ import annotations
@@ -87,12 +88,14 @@ STOPPED, REMOVED, NO_CONTAINER, PENDING = "stopped", "removed", "none", "pending
 class KillRefused(Exception):
     """A kill switch call that must change nothing; answered with ``status``."""
 
-    def __init__(self, status: int, code: str, message: str, *, agent: Agent | None = None):
+    def __init__(
+        self, status: int, code: str, message: str, *, agent_pk: uuid.UUID | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
-        self.agent = agent
+        self.agent_pk = agent_pk  # the agent it named, when known (for the audit row)
 
 
 @dataclass(frozen=True)
@@ -273,59 +276,91 @@ def curl_recipe(*, base_url: str) -> str:
 
 
 @dataclass(frozen=True)
+class KillCall:
+    """One call to the kill switch webhook, as a front received it."""
+
+    agent_id: str  # the URL's path segment, as sent
+    method: str
+    headers: Mapping[str, str]  # case-insensitive
+    body: bytes  # at most KILL_SWITCH_MAX_BODY_BYTES + 1 bytes: the front stops reading there
+    source_ip: str | None
+
+
+@dataclass(frozen=True)
 class _Verified:
-    agent: Agent
+    agent_pk: uuid.UUID
     signature: str
     version: str  # "v1" or "v2"
     signed_with: str  # "operator" or "owner"
     action: str
 
 
-def handle_kill_call(
-    *,
-    agent_id: str,
-    method: str,
-    headers: Mapping[str, str],
-    body: bytes,
-    source_ip: str | None,
-) -> KillCallResult:
+@dataclass(frozen=True)
+class StartedKill:
+    """What ``start_kill_call`` decided: verified (tokens revoked), or refused."""
+
+    call: KillCall
+    verified: _Verified | None = None
+    refused: KillRefused | None = None
+
+
+def handle_kill_call(call: KillCall) -> KillCallResult:
     """Verify a kill switch call, kill the agent if it is genuine, and audit it.
 
-    ``body`` is at most ``KILL_SWITCH_MAX_BODY_BYTES + 1`` bytes (the caller
-    stops reading there). A refused call changes nothing but its audit row.
+    A refused call changes nothing but its audit row.
     """
-    ip = _valid_ip(source_ip)
+    return finish_kill_call(start_kill_call(call))
+
+
+def start_kill_call(call: KillCall) -> StartedKill:
+    """Verify the call and, if it is genuine, record its signature and revoke the agent's tokens.
+
+    The part the gateway's refusal waits for: one query to find the agent and
+    one statement to claim the signature and revoke. Writes nothing else, not
+    even for a refused call: ``finish_kill_call`` does the rest.
+    """
     try:
-        verified = _verify(agent_id=agent_id, method=method, headers=headers, body=body)
-        # From here on the gateway refuses the agent's token.
+        verified = _verify(call)
         _claim_signature_and_revoke(verified)
     except KillRefused as refused:
-        _audit(agent_id, method, ip, refused.status, refused.code, agent=refused.agent)
+        return StartedKill(call=call, refused=refused)
+    return StartedKill(call=call, verified=verified)
+
+
+def finish_kill_call(started: StartedKill) -> KillCallResult:
+    """Mark the agent killed and stop its container (or audit the refusal); the answer."""
+    call, verified = started.call, started.verified
+    ip = _valid_ip(call.source_ip)
+    if verified is None:
+        refused = started.refused
+        assert refused is not None
+        named = Agent.objects.filter(pk=refused.agent_pk).first() if refused.agent_pk else None
+        _audit(call, ip, refused.status, refused.code, agent=named)
         return KillCallResult(refused.status, error_body(refused.code, refused.message))
     if verified.version == "v1":
         logger.warning(
             "kill switch: agent %s killed with a deprecated v1 signature; sign with v2",
-            verified.agent.pk,
+            verified.agent_pk,
         )
+    agent = Agent.objects.select_related("droplet", "owner").get(pk=verified.agent_pk)
     try:
         outcome = kill_agent(
-            agent=verified.agent,
+            agent=agent,
             remove=verified.action == REMOVE,
-            actor=verified.agent.owner if verified.signed_with == "owner" else None,
+            actor=agent.owner if verified.signed_with == "owner" else None,
             source="kill_switch",
             reason=f"kill switch ({verified.signed_with} secret) from {ip or '?'}",
         )
     except InvalidTransition as exc:  # deleted meanwhile: its tokens are revoked regardless
-        _audit(agent_id, method, ip, 409, "invalid_state", agent=verified.agent)
+        _audit(call, ip, 409, "invalid_state", agent=agent)
         return KillCallResult(409, error_body("invalid_state", str(exc)))
     status = 202 if outcome.container == PENDING else 200
     _audit(
-        agent_id,
-        method,
+        call,
         ip,
         status,
         "killed" if outcome.newly_killed else "already_killed",
-        agent=verified.agent,
+        agent=agent,
         signed_with=verified.signed_with,
         action=verified.action,
         accepted=True,
@@ -343,23 +378,26 @@ def handle_kill_call(
     )
 
 
-def _verify(*, agent_id: str, method: str, headers: Mapping[str, str], body: bytes) -> _Verified:
-    if method != "POST":
+def _verify(call: KillCall) -> _Verified:
+    body = call.body
+    if call.method != "POST":
         raise KillRefused(405, "method_not_allowed", "The kill switch takes POST only.")
     if len(body) > settings.KILL_SWITCH_MAX_BODY_BYTES:
         raise KillRefused(413, "body_too_large", "The body is too large for a kill call.")
-    timestamp, version, signature = _parse_headers(headers)
+    timestamp, version, signature = _parse_headers(call.headers)
     if abs(time.time() - int(timestamp)) > MAX_SKEW_SECONDS:
         raise KillRefused(
             401, "stale_timestamp", f"The timestamp is more than {MAX_SKEW_SECONDS} s off."
         )
-    signed = f"{timestamp}.{agent_id}." if version == "v2" else f"{timestamp}."
-    agent, signed_with = _authenticate(agent_id, signed.encode() + body, signature)
-    action = _parse_action(body, agent, must_name_agent=version == "v1")
-    if agent.status == S.DELETED:
-        raise KillRefused(409, "invalid_state", "The agent is deleted.", agent=agent)
+    signed = f"{timestamp}.{call.agent_id}." if version == "v2" else f"{timestamp}."
+    agent_pk, signed_with = _authenticate(call.agent_id, signed.encode() + body, signature)
+    action = _parse_action(body, agent_pk, must_name_agent=version == "v1")
     return _Verified(
-        agent=agent, signature=signature, version=version, signed_with=signed_with, action=action
+        agent_pk=agent_pk,
+        signature=signature,
+        version=version,
+        signed_with=signed_with,
+        action=action,
     )
 
 
@@ -390,32 +428,35 @@ def _parse_headers(headers: Mapping[str, str]) -> tuple[str, str, str]:
     return timestamp.strip(), version, digest.lower()
 
 
-def _authenticate(agent_id: str, message: bytes, signature: str) -> tuple[Agent, str]:
-    """The agent and which secret signed; an unknown agent is a bad signature.
+def _authenticate(agent_id: str, message: bytes, signature: str) -> tuple[uuid.UUID, str]:
+    """The named agent's id and which secret signed; an unknown agent is a bad signature.
 
-    Operator secrets are tried first, so an operator's kill never depends on
-    the agent's own secret opening. Otherwise the agent's secret is opened (a
-    random one stands in for an unknown agent or a secret that cannot be
-    opened), so neither the answer nor its timing tells whether the agent exists.
+    Operator secrets are tried first and need no database: an operator's kill
+    never depends on the agent's own secret opening, and the agent's existence
+    is checked when the signature is claimed. Otherwise the agent's secret is
+    read and opened (a random one stands in for an unknown agent or a secret
+    that cannot be opened), so neither the answer nor its timing tells a
+    caller without an operator secret whether the agent exists.
     """
-    agent = _find_agent(agent_id)
+    try:
+        agent_pk: uuid.UUID | None = uuid.UUID(agent_id)
+    except ValueError:
+        agent_pk = None
     operator_ok = False
     for secret in settings.KILL_SWITCH_SECRET:
         operator_ok |= hmac.compare_digest(_sign(secret, message), signature)
-    if agent is not None and operator_ok:
-        return agent, "operator"
+    if operator_ok and agent_pk is not None:
+        return agent_pk, "operator"
+    agent = Agent.objects.only("id", "kill_secret").filter(pk=agent_pk or _DECOY_AGENT_ID).first()
     owner_ok = hmac.compare_digest(_sign(_owner_secret(agent), message), signature)
     if agent is None or not owner_ok:
-        raise KillRefused(401, "invalid_signature", "The signature does not match.", agent=agent)
-    return agent, "owner"
-
-
-def _find_agent(agent_id: str) -> Agent | None:
-    try:
-        pk = uuid.UUID(agent_id)
-    except ValueError:
-        pk = _DECOY_AGENT_ID  # still run the query
-    return Agent.objects.select_related("droplet", "owner").filter(pk=pk).first()
+        raise KillRefused(
+            401,
+            "invalid_signature",
+            "The signature does not match.",
+            agent_pk=agent.pk if agent else None,
+        )
+    return agent.pk, "owner"
 
 
 def _owner_secret(agent: Agent | None) -> str:
@@ -448,7 +489,7 @@ def _sign(secret: str, message: bytes) -> str:
     return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
 
 
-def _parse_action(body: bytes, agent: Agent, *, must_name_agent: bool) -> str:
+def _parse_action(body: bytes, agent_pk: uuid.UUID, *, must_name_agent: bool) -> str:
     """The action from an (optional) JSON body ``{"action": "stop"|"remove"}``.
 
     A body may also name ``agent_id``; it must then be this agent. A v1
@@ -461,29 +502,34 @@ def _parse_action(body: bytes, agent: Agent, *, must_name_agent: bool) -> str:
         except ValueError:
             data = None
     if not isinstance(data, dict):
-        raise KillRefused(400, "invalid_body", "The body must be a JSON object.", agent=agent)
+        raise KillRefused(400, "invalid_body", "The body must be a JSON object.", agent_pk=agent_pk)
     named = data.get("agent_id")
     if named is None and must_name_agent:
         raise KillRefused(
             401,
             "unbound_signature",
             'A v1 signature does not name the agent: put "agent_id" in the body, or sign with v2.',
-            agent=agent,
+            agent_pk=agent_pk,
         )
-    if named is not None and str(named).strip().lower() != str(agent.pk):
-        raise KillRefused(400, "agent_mismatch", "The body names another agent.", agent=agent)
+    if named is not None and str(named).strip().lower() != str(agent_pk):
+        raise KillRefused(400, "agent_mismatch", "The body names another agent.", agent_pk=agent_pk)
     action = data.get("action", STOP)
     if action not in (STOP, REMOVE):
-        raise KillRefused(400, "invalid_action", 'action must be "stop" or "remove".', agent=agent)
+        raise KillRefused(
+            400, "invalid_action", 'action must be "stop" or "remove".', agent_pk=agent_pk
+        )
     return action
 
 
-# Records the signature for this agent and, only if it was new, revokes the
-# agent's tokens: one statement, one round trip, one transaction (PostgreSQL).
+# Reads the agent's state, records the signature for it and, only if the agent
+# exists, is not deleted and has not seen this signature, revokes its tokens:
+# one statement, one round trip, one transaction (PostgreSQL).
 _CLAIM_AND_REVOKE_SQL = f"""
-WITH claimed AS (
+WITH target AS (
+    SELECT id, status FROM {Agent._meta.db_table} WHERE id = %(agent)s
+), claimed AS (
     INSERT INTO {UsedKillSignature._meta.db_table} (agent_id, signature, created_at)
-    VALUES (%(agent)s, %(signature)s, %(now)s)
+    SELECT id, %(signature)s, %(now)s FROM target WHERE status <> %(deleted)s
     ON CONFLICT DO NOTHING
     RETURNING 1
 ), revoked AS (
@@ -491,38 +537,48 @@ WITH claimed AS (
     WHERE agent_id = %(agent)s AND revoked_at IS NULL AND EXISTS (SELECT 1 FROM claimed)
     RETURNING 1
 )
-SELECT (SELECT count(*) FROM claimed), (SELECT count(*) FROM revoked)
+SELECT (SELECT status FROM target), (SELECT count(*) FROM claimed), (SELECT count(*) FROM revoked)
 """  # noqa: S608 - table names are constants; every value is a parameter
 
 
 def _claim_signature_and_revoke(verified: _Verified) -> None:
     """Record the signature as used for this agent, then revoke the agent's tokens.
 
-    Refuses a signature this agent has seen before (the replay store) and then
-    revokes nothing. Both happen in one transaction: on PostgreSQL in one
+    Refuses, revoking nothing, a signature this agent has seen before (the
+    replay store), an agent that does not exist (as a bad signature) or is
+    deleted. Both writes happen in one transaction: on PostgreSQL in one
     statement, as this is what the gateway's refusal waits for.
     """
-    agent, now = verified.agent, timezone.now()
+    pk, now = verified.agent_pk, timezone.now()
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
             cursor.execute(
                 _CLAIM_AND_REVOKE_SQL,
-                {"agent": agent.pk, "signature": verified.signature, "now": now},
+                {"agent": pk, "signature": verified.signature, "now": now, "deleted": S.DELETED},
             )
-            claimed, _ = cursor.fetchone()
+            status, claimed, _ = cursor.fetchone()
     else:
-        try:
-            with transaction.atomic():
-                UsedKillSignature.objects.create(
-                    agent=agent, signature=verified.signature, created_at=now
-                )
-                revoke_agent_tokens(agent=agent)
-            claimed = 1
-        except IntegrityError:
-            claimed = 0
+        status = Agent.objects.filter(pk=pk).values_list("status", flat=True).first()
+        claimed = 0
+        if status not in (None, S.DELETED):
+            try:
+                with transaction.atomic():
+                    UsedKillSignature.objects.create(
+                        agent_id=pk, signature=verified.signature, created_at=now
+                    )
+                    AgentToken.objects.filter(agent_id=pk, revoked_at__isnull=True).update(
+                        revoked_at=now
+                    )
+                claimed = 1
+            except IntegrityError:
+                pass
+    if status is None:
+        raise KillRefused(401, "invalid_signature", "The signature does not match.")
+    if status == S.DELETED:
+        raise KillRefused(409, "invalid_state", "The agent is deleted.", agent_pk=pk)
     if not claimed:
         raise KillRefused(
-            409, "replayed_signature", "This signature has been used already.", agent=agent
+            409, "replayed_signature", "This signature has been used already.", agent_pk=pk
         )
 
 
@@ -533,8 +589,7 @@ def forget_expired_signatures() -> int:
 
 
 def _audit(
-    agent_id: str,
-    method: str,
+    call: KillCall,
     ip: str | None,
     status: int,
     outcome: str,
@@ -546,10 +601,10 @@ def _audit(
 ) -> None:
     """The call's audit row and log line; also where the replay store is pruned."""
     KillSwitchCall.objects.create(
-        agent_id_given=agent_id[:64],
+        agent_id_given=call.agent_id[:64],
         agent=agent,
         source_ip=ip,
-        method=method[:10],
+        method=call.method[:10],
         accepted=accepted,
         status_code=status,
         outcome=outcome,
@@ -562,7 +617,7 @@ def _audit(
         "kill switch: %s %s agent=%r ip=%s outcome=%s signed_with=%s action=%s",
         "accepted" if accepted else "refused",
         status,
-        agent_id[:64],
+        call.agent_id[:64],
         ip,
         outcome,
         signed_with or "-",

@@ -35,6 +35,7 @@ from agents.models import (
 from agents.services import create_agent, deploy_agent, start_agent
 from agents.tasks import retry_stop_container
 from agents.tokens import issue_agent_token, token_agent
+from agents.webhooks import close_kill_threads
 from droplets.containers import container_state
 from droplets.docker_client import DropletError
 from droplets.models import Droplet, DropletStatus
@@ -766,6 +767,7 @@ def live_app(transactional_db):
     live = start_live_server()
     yield live.url
     live.stop()
+    close_kill_threads()
     close_db_threads()
 
 
@@ -801,3 +803,105 @@ def test_the_readme_recipe_kills_an_agent_on_a_live_server(live_app, alice, sign
         json={"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]},
     )
     assert refused.status_code == 401
+
+
+# --- The ASGI front (production) answers as the Django view does ---------------------------------
+
+
+def via_both_fronts(client, live_url: str, method: str, path: str, body: bytes, headers):
+    """The same request through Django's test client and through uvicorn's ASGI front."""
+    django = client.generic(method, path, body, content_type="application/json", headers=headers)
+    asgi = httpx.request(
+        method,
+        live_url + path,
+        content=body,
+        headers={"Content-Type": "application/json", **headers},
+    )
+    return django, asgi
+
+
+FRONT_CASES = {
+    "GET": ("GET", "this", STOP_BODY, "v2", {}),
+    "body too large": ("POST", "this", b'{"pad": "%s"}' % (b"x" * 2000), "v2", {}),
+    "no headers": ("POST", "this", STOP_BODY, "none", {}),
+    "stale": ("POST", "this", STOP_BODY, "v2", {"age": 400}),
+    "wrong secret": ("POST", "this", STOP_BODY, "v2", {"secret": WRONG_SECRET}),
+    "unknown agent": ("POST", "unknown", STOP_BODY, "v2", {}),
+    "not an agent id": ("POST", "not-a-uuid", STOP_BODY, "v2", {}),
+    "nested path": ("POST", "this/more", STOP_BODY, "v2", {}),
+    "v1 naming no agent": ("POST", "this", STOP_BODY, "v1", {}),
+    "body not JSON": ("POST", "this", b"stop it", "v2", {}),
+    "lower-case header names": ("POST", "this", b"[1]", "v2", {"lower": True}),
+}
+
+
+@pytest.mark.parametrize("name", FRONT_CASES)
+def test_the_asgi_front_refuses_as_the_django_view_does(client, live_app, alice, name):
+    agent, token = unreachable_agent(alice)
+    method, target, body, version, extra = FRONT_CASES[name]
+    agent_id = {"this": str(agent.id), "unknown": str(uuid.uuid4())}.get(target, target)
+    if target == "this/more":
+        agent_id = f"{agent.id}/more"
+    headers = {}
+    if version != "none":
+        headers = sign(
+            extra.get("secret", OPERATOR_SECRET),
+            body,
+            agent_id,
+            int(time.time()) - extra.get("age", 0),
+            version=version,
+        )
+    if extra.get("lower"):
+        headers = {name.lower(): value for name, value in headers.items()}
+
+    django, asgi = via_both_fronts(
+        client, live_app, method, f"/webhooks/agent-kill/{agent_id}", body, headers
+    )
+
+    assert asgi.status_code == django.status_code >= 400
+    assert asgi.json() == django.json()
+    assert asgi.headers.get("Allow") == django.get("Allow")
+    assert token_works(client, token)
+    calls = KillSwitchCall.objects.all()
+    if target == "this/more":
+        assert not calls.exists()  # no such URL: nothing to audit
+    else:
+        assert [(c.status_code, c.accepted, c.source_ip) for c in calls] == [
+            (django.status_code, False, "127.0.0.1")
+        ] * 2
+
+
+def test_the_asgi_front_kills_as_the_django_view_does(client, live_app, alice):
+    answers = []
+    for front in ("django", "asgi"):
+        agent, token = unreachable_agent(alice, front)
+        body = json.dumps({"action": "remove", "agent_id": str(agent.id)}).encode()
+        headers = sign(OPERATOR_SECRET, body, agent.id, version="v1")
+        path = f"/webhooks/agent-kill/{agent.id}"
+        if front == "django":
+            response = client.post(path, body, content_type="application/json", headers=headers)
+            answers.append((response.status_code, response.json(), response.get("Deprecation")))
+        else:
+            response = httpx.post(live_app + path, content=body, headers=headers)
+            answers.append(
+                (response.status_code, response.json(), response.headers.get("Deprecation"))
+            )
+        assert not token_works(client, token)
+        assert Agent.objects.get(pk=agent.pk).status == S.KILLED
+        answers[-1][1]["agent"] = "<id>"
+    assert answers[0] == answers[1]
+    assert answers[0][0] == 202
+    assert answers[0][2] == "true"
+    assert KillSwitchCall.objects.filter(accepted=True, source_ip="127.0.0.1").count() == 2
+
+
+def test_the_asgi_front_checks_the_host_as_django_does(client, live_app, alice):
+    agent, token = unreachable_agent(alice)
+    response = httpx.post(
+        f"{live_app}/webhooks/agent-kill/{agent.id}",
+        content=STOP_BODY,
+        headers={**sign(OPERATOR_SECRET, STOP_BODY, agent.id), "Host": "evil.example"},
+    )
+    assert response.status_code == 400
+    assert token_works(client, token)
+    assert not KillSwitchCall.objects.exists()
