@@ -393,7 +393,13 @@ class UsedKillSignature(models.Model):
     not Redis, because the kill switch must work with Redis down.
     """
 
-    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="+")
+    # No database constraint on purpose: checking one would lock the agent's row
+    # (a key-share lock waits for any FOR UPDATE, e.g. a state change or a
+    # billing handler under way), and the kill's revocation must never wait.
+    # The statement that writes a row checks the agent exists itself.
+    agent = models.ForeignKey(
+        Agent, on_delete=models.CASCADE, related_name="+", db_constraint=False
+    )
     signature = models.CharField(max_length=64)
     created_at = models.DateTimeField(db_index=True)
 

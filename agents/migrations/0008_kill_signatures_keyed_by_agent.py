@@ -30,6 +30,7 @@ class Migration(migrations.Migration):
             model_name="usedkillsignature",
             name="agent",
             field=models.ForeignKey(
+                db_constraint=False,
                 on_delete=django.db.models.deletion.CASCADE,
                 related_name="+",
                 to="agents.agent",

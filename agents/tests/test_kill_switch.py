@@ -10,6 +10,7 @@ import json
 import os
 import socket
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -21,6 +22,7 @@ import pytest
 import redis
 from django.core.cache import cache
 from django.core.management import CommandError, call_command
+from django.db import connection
 from django.utils import timezone
 from knox.models import AuthToken
 
@@ -905,3 +907,67 @@ def test_the_asgi_front_checks_the_host_as_django_does(client, live_app, alice):
     assert response.status_code == 400
     assert token_works(client, token)
     assert not KillSwitchCall.objects.exists()
+
+
+# --- The revocation waits for nothing else -------------------------------------------------------
+
+
+@pytest.fixture
+def other_connection(settings):
+    """A second database session, as another process (a worker, the gateway) would hold."""
+    import psycopg
+
+    db = settings.DATABASES["default"]
+    with psycopg.connect(
+        dbname=connection.settings_dict["NAME"],
+        user=db.get("USER") or None,
+        password=db.get("PASSWORD") or None,
+        host=db.get("HOST") or None,
+        port=db.get("PORT") or None,
+    ) as session:
+        yield session
+
+
+@pytest.mark.parametrize(
+    "holder",
+    [
+        "SELECT 1 FROM agents_agent WHERE id = %s FOR UPDATE",  # a state change, a billing handler
+        "UPDATE agents_agent SET reserved_tokens = reserved_tokens + 1 WHERE id = %s",  # a call
+    ],
+    ids=["row locked for update", "row being updated"],
+)
+def test_the_token_is_refused_while_the_agents_row_is_held(
+    client, live_app, alice, other_connection, holder
+):
+    """The refusal does not wait for the agent's row, the state change or anything after it."""
+    agent, token = unreachable_agent(alice)
+    other_connection.execute(holder, [agent.id])  # its transaction stays open
+    answer: list[httpx.Response] = []
+    kill_call = threading.Thread(
+        target=lambda: answer.append(
+            httpx.post(
+                f"{live_app}/webhooks/agent-kill/{agent.id}",
+                content=STOP_BODY,
+                headers=sign(OPERATOR_SECRET, STOP_BODY, agent.id),
+                timeout=60,
+            )
+        )
+    )
+    kill_call.start()
+    try:
+        deadline = time.monotonic() + 20
+        while token_agent(token) is not None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        refused_while_held = token_agent(token) is None
+        # The rest of the kill waits for the row: still in progress, state unchanged.
+        in_progress = kill_call.is_alive()
+        status_meanwhile = Agent.objects.get(pk=agent.pk).status
+    finally:
+        other_connection.rollback()
+        kill_call.join(timeout=60)
+
+    assert refused_while_held
+    assert in_progress
+    assert status_meanwhile == S.RUNNING
+    assert answer[0].status_code == 202
+    assert Agent.objects.get(pk=agent.pk).status == S.KILLED
