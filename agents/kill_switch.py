@@ -125,15 +125,19 @@ def kill_agent(
 ) -> KillOutcome:
     """Revoke the agent's tokens and mark it `killed`, then stop (or remove) its container.
 
-    The first step commits before any Docker call, so the gateway refuses the
-    agent's very next call even if the droplet never answers. Then the
-    container gets a short grace period before SIGKILL; with ``remove`` it is
-    removed and the droplet slot freed. If the droplet cannot be reached the
-    kill still stands: the container step is retried by a Celery task (or, if
-    the broker is down too, by reconciliation) and the outcome is PENDING.
-    Raises InvalidTransition when the agent cannot be killed (pending payment,
-    deleted). Killing a killed agent again retries the container step.
+    The tokens are revoked first, in a statement of their own that waits for
+    no lock on the agent's row, so the gateway refuses the agent's very next
+    call even while something else holds the row or the droplet never
+    answers. The state change follows (revoking again, in case a deploy issued
+    a token meanwhile), then the container gets a short grace period before
+    SIGKILL; with ``remove`` it is removed and the droplet slot freed. If the
+    droplet cannot be reached the kill still stands: the container step is
+    retried by a Celery task (or, if the broker is down too, by
+    reconciliation) and the outcome is PENDING. Raises InvalidTransition when
+    the agent cannot be killed (deleted); its tokens are revoked regardless.
+    Killing a killed agent again retries the container step.
     """
+    revoke_agent_tokens(agent=agent)
     with transaction.atomic():
         revoke_agent_tokens(agent=agent)
         newly_killed = agent.transition(S.KILLED, actor=actor, source=source, reason=reason)
@@ -315,8 +319,9 @@ def handle_kill_call(call: KillCall) -> KillCallResult:
 def start_kill_call(call: KillCall) -> StartedKill:
     """Verify the call and, if it is genuine, record its signature and revoke the agent's tokens.
 
-    The part the gateway's refusal waits for: one query to find the agent and
-    one statement to claim the signature and revoke. Writes nothing else, not
+    The part the gateway's refusal waits for: an operator's signature is
+    checked in memory, an owner's after one query for the agent's secret; then
+    one statement claims the signature and revokes. Writes nothing else, not
     even for a refused call: ``finish_kill_call`` does the rest.
     """
     try:
@@ -329,21 +334,24 @@ def start_kill_call(call: KillCall) -> StartedKill:
 
 def finish_kill_call(started: StartedKill) -> KillCallResult:
     """Mark the agent killed and stop its container (or audit the refusal); the answer."""
-    call, verified = started.call, started.verified
+    call = started.call
     ip = _valid_ip(call.source_ip)
-    if verified is None:
+    if started.refused is not None:
         refused = started.refused
-        assert refused is not None
         named = Agent.objects.filter(pk=refused.agent_pk).first() if refused.agent_pk else None
         _audit(call, ip, refused.status, refused.code, agent=named)
         return KillCallResult(refused.status, error_body(refused.code, refused.message))
+    verified = started.verified
+    assert verified is not None  # a started kill is either refused or verified
     if verified.version == "v1":
         logger.warning(
             "kill switch: agent %s killed with a deprecated v1 signature; sign with v2",
             verified.agent_pk,
         )
-    agent = Agent.objects.select_related("droplet", "owner").get(pk=verified.agent_pk)
+    agent = Agent.objects.select_related("droplet", "owner").filter(pk=verified.agent_pk).first()
     try:
+        if agent is None:  # removed from the database meanwhile
+            raise InvalidTransition(S.DELETED, S.KILLED)
         outcome = kill_agent(
             agent=agent,
             remove=verified.action == REMOVE,

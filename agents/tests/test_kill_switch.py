@@ -971,3 +971,34 @@ def test_the_token_is_refused_while_the_agents_row_is_held(
     assert status_meanwhile == S.RUNNING
     assert answer[0].status_code == 202
     assert Agent.objects.get(pk=agent.pk).status == S.KILLED
+
+
+def test_the_kill_agent_command_refuses_the_token_while_the_agents_row_is_held(
+    transactional_db, alice, other_connection
+):
+    agent, token = unreachable_agent(alice)
+    other_connection.execute("SELECT 1 FROM agents_agent WHERE id = %s FOR UPDATE", [agent.id])
+    out = io.StringIO()
+
+    def run_command() -> None:
+        try:
+            call_command("kill_agent", str(agent.id), stdout=out)
+        finally:
+            connection.close()
+
+    command = threading.Thread(target=run_command)
+    command.start()
+    try:
+        deadline = time.monotonic() + 20
+        while token_agent(token) is not None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        refused_while_held = token_agent(token) is None
+        in_progress = command.is_alive()
+    finally:
+        other_connection.rollback()
+        command.join(timeout=60)
+
+    assert refused_while_held
+    assert in_progress
+    assert out.getvalue().startswith(f"killed {agent.id}: token revoked")
+    assert Agent.objects.get(pk=agent.pk).status == S.KILLED
