@@ -1,4 +1,4 @@
-"""The kill switch: one signed HTTP call stops an agent (DESIGN.md, trust boundary 5).
+"""The kill switch: one signed HTTP call stops an agent (DESIGN.md, trust boundary 6).
 
 ``handle_kill_call`` verifies a webhook call, kills the agent and writes the
 audit row; ``kill_agent`` is the kill itself, shared with the ``kill_agent``
@@ -8,9 +8,19 @@ answers, and reconciliation (which stops the running container of any agent
 that is not `running`) if it does not.
 
 A call is ``X-SaferClaw-Timestamp: <unix seconds>`` and
-``X-SaferClaw-Signature: v1=<hex HMAC-SHA256(secret, "<timestamp>.<raw body>")>``,
-signed with an operator secret (``settings.KILL_SWITCH_SECRET``, a list during
-a rotation) or the agent's own kill secret.
+``X-SaferClaw-Signature: v2=<hex HMAC-SHA256(secret, "<timestamp>.<agent id>.<raw body>")>``,
+where the agent id is the one in the URL, exactly as sent. The secret is an
+operator secret (``settings.KILL_SWITCH_SECRET``, a list during a rotation),
+tried first, or the agent's own kill secret. ``v1=`` over
+``"<timestamp>.<raw body>"`` names no agent, so it is accepted only while
+``settings.KILL_SWITCH_ACCEPT_V1`` is on and only with a body whose
+``agent_id`` is the URL's agent.
+
+The order is what makes it fast: the signature is checked in memory (an
+owner's secret needs one query first), then one statement records the
+signature and revokes the agent's tokens, so the gateway refuses the agent's
+next call before anything slower (the state change, its event, Docker, the
+audit row) happens: ``start_kill_call`` is that part, ``finish_kill_call`` the rest.
 """
 
 from __future__ import annotations
@@ -30,7 +40,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from agents.models import (
@@ -38,6 +48,7 @@ from agents.models import (
     Agent,
     AgentEvent,
     AgentStatus,
+    AgentToken,
     InvalidTransition,
     KillSwitchCall,
     UsedKillSignature,
@@ -49,6 +60,7 @@ from droplets.docker_client import DropletError, DropletUnreachable
 from droplets.models import DropletStatus
 from droplets.services import record_droplet_failure
 from safer_claw.api import error_body
+from safer_claw.encryption import DecryptionError
 
 logger = logging.getLogger(__name__)
 S = AgentStatus
@@ -63,7 +75,7 @@ REPLAY_WINDOW = dt.timedelta(seconds=2 * MAX_SKEW_SECONDS)
 BROKER_TIMEOUT_SECONDS = 2
 
 _TIMESTAMP = re.compile(r"^[0-9]{1,12}$")
-_SIGNATURE = re.compile(r"^v1=([0-9a-fA-F]{64})$")
+_SIGNATURE = re.compile(r"^(v1|v2)=([0-9a-fA-F]{64})$")
 # An id no agent has (uuid4s never look like this): an unknown or malformed id is
 # looked up, and its "secret" decrypted, under it, so it costs what a known one does.
 _DECOY_AGENT_ID = uuid.UUID("00000000-0000-4000-8000-00000000dec0")
@@ -76,12 +88,14 @@ STOPPED, REMOVED, NO_CONTAINER, PENDING = "stopped", "removed", "none", "pending
 class KillRefused(Exception):
     """A kill switch call that must change nothing; answered with ``status``."""
 
-    def __init__(self, status: int, code: str, message: str, *, agent: Agent | None = None):
+    def __init__(
+        self, status: int, code: str, message: str, *, agent_pk: uuid.UUID | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
-        self.agent = agent
+        self.agent_pk = agent_pk  # the agent it named, when known (for the audit row)
 
 
 @dataclass(frozen=True)
@@ -95,6 +109,7 @@ class KillOutcome:
 class KillCallResult:
     status: int
     body: dict[str, Any]
+    deprecated: bool = False  # accepted with a v1 signature
 
 
 # --- The kill ----------------------------------------------------------------------------
@@ -110,15 +125,19 @@ def kill_agent(
 ) -> KillOutcome:
     """Revoke the agent's tokens and mark it `killed`, then stop (or remove) its container.
 
-    The first step commits before any Docker call, so the gateway refuses the
-    agent's very next call even if the droplet never answers. Then the
-    container gets a short grace period before SIGKILL; with ``remove`` it is
-    removed and the droplet slot freed. If the droplet cannot be reached the
-    kill still stands: the container step is retried by a Celery task (or, if
-    the broker is down too, by reconciliation) and the outcome is PENDING.
-    Raises InvalidTransition when the agent cannot be killed (pending payment,
-    deleted). Killing a killed agent again retries the container step.
+    The tokens are revoked first, in a statement of their own that waits for
+    no lock on the agent's row, so the gateway refuses the agent's very next
+    call even while something else holds the row or the droplet never
+    answers. The state change follows (revoking again, in case a deploy issued
+    a token meanwhile), then the container gets a short grace period before
+    SIGKILL; with ``remove`` it is removed and the droplet slot freed. If the
+    droplet cannot be reached the kill still stands: the container step is
+    retried by a Celery task (or, if the broker is down too, by
+    reconciliation) and the outcome is PENDING. Raises InvalidTransition when
+    the agent cannot be killed (deleted); its tokens are revoked regardless.
+    Killing a killed agent again retries the container step.
     """
+    revoke_agent_tokens(agent=agent)
     with transaction.atomic():
         revoke_agent_tokens(agent=agent)
         newly_killed = agent.transition(S.KILLED, actor=actor, source=source, reason=reason)
@@ -237,55 +256,119 @@ def rotate_kill_secret(*, agent: Agent, actor: Any) -> str:
     return secret
 
 
+# --- How to call it ---------------------------------------------------------------------
+
+# A shell recipe that signs and sends a kill with v2 (bash, openssl, curl), for
+# the README and the dashboard. AGENT_ID and SECRET come from the environment.
+_CURL_RECIPE = """\
+body='{"action": "stop"}'     # or {"action": "remove"}
+ts=$(date +%s)
+sig=$(printf '%s.%s.%s' "$ts" "$AGENT_ID" "$body" |
+    openssl dgst -sha256 -hmac "$SECRET" -hex | sed 's/^.* //')
+curl -sS -X POST "BASE_URL/webhooks/agent-kill/$AGENT_ID" \\
+    -H "X-SaferClaw-Timestamp: $ts" -H "X-SaferClaw-Signature: v2=$sig" \\
+    -H "Content-Type: application/json" --data-binary "$body"
+"""
+
+
+def curl_recipe(*, base_url: str) -> str:
+    """The kill call for ``base_url`` as a bash/openssl/curl recipe (README, dashboard)."""
+    return _CURL_RECIPE.replace("BASE_URL", base_url.rstrip("/"))
+
+
 # --- The webhook call ----------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
+class KillCall:
+    """One call to the kill switch webhook, as a front received it."""
+
+    agent_id: str  # the URL's path segment, as sent
+    method: str
+    headers: Mapping[str, str]  # case-insensitive
+    body: bytes  # at most KILL_SWITCH_MAX_BODY_BYTES + 1 bytes: the front stops reading there
+    source_ip: str | None
+
+
+@dataclass(frozen=True)
 class _Verified:
-    agent: Agent
+    agent_pk: uuid.UUID
+    signature: str
+    version: str  # "v1" or "v2"
     signed_with: str  # "operator" or "owner"
     action: str
 
 
-def handle_kill_call(
-    *,
-    agent_id: str,
-    method: str,
-    headers: Mapping[str, str],
-    body: bytes,
-    source_ip: str | None,
-) -> KillCallResult:
+@dataclass(frozen=True)
+class StartedKill:
+    """What ``start_kill_call`` decided: verified (tokens revoked), or refused."""
+
+    call: KillCall
+    verified: _Verified | None = None
+    refused: KillRefused | None = None
+
+
+def handle_kill_call(call: KillCall) -> KillCallResult:
     """Verify a kill switch call, kill the agent if it is genuine, and audit it.
 
-    ``body`` is at most ``KILL_SWITCH_MAX_BODY_BYTES + 1`` bytes (the caller
-    stops reading there). A refused call changes nothing but its audit row.
+    A refused call changes nothing but its audit row.
     """
-    verified: _Verified | None = None
-    ip = _valid_ip(source_ip)
+    return finish_kill_call(start_kill_call(call))
+
+
+def start_kill_call(call: KillCall) -> StartedKill:
+    """Verify the call and, if it is genuine, record its signature and revoke the agent's tokens.
+
+    The part the gateway's refusal waits for: an operator's signature is
+    checked in memory, an owner's after one query for the agent's secret; then
+    one statement claims the signature and revokes. Writes nothing else, not
+    even for a refused call: ``finish_kill_call`` does the rest.
+    """
     try:
-        verified = _verify(agent_id=agent_id, method=method, headers=headers, body=body)
+        verified = _verify(call)
+        _claim_signature_and_revoke(verified)
+    except KillRefused as refused:
+        return StartedKill(call=call, refused=refused)
+    return StartedKill(call=call, verified=verified)
+
+
+def finish_kill_call(started: StartedKill) -> KillCallResult:
+    """Mark the agent killed and stop its container (or audit the refusal); the answer."""
+    call = started.call
+    ip = _valid_ip(call.source_ip)
+    if started.refused is not None:
+        refused = started.refused
+        named = Agent.objects.filter(pk=refused.agent_pk).first() if refused.agent_pk else None
+        _audit(call, ip, refused.status, refused.code, agent=named)
+        return KillCallResult(refused.status, error_body(refused.code, refused.message))
+    verified = started.verified
+    assert verified is not None  # a started kill is either refused or verified
+    if verified.version == "v1":
+        logger.warning(
+            "kill switch: agent %s killed with a deprecated v1 signature; sign with v2",
+            verified.agent_pk,
+        )
+    agent = Agent.objects.select_related("droplet", "owner").filter(pk=verified.agent_pk).first()
+    try:
+        if agent is None:  # removed from the database meanwhile
+            raise InvalidTransition(S.DELETED, S.KILLED)
         outcome = kill_agent(
-            agent=verified.agent,
+            agent=agent,
             remove=verified.action == REMOVE,
-            actor=verified.agent.owner if verified.signed_with == "owner" else None,
+            actor=agent.owner if verified.signed_with == "owner" else None,
             source="kill_switch",
             reason=f"kill switch ({verified.signed_with} secret) from {ip or '?'}",
         )
-    except KillRefused as refused:
-        _audit(agent_id, method, ip, refused.status, refused.code, agent=refused.agent)
-        return KillCallResult(refused.status, error_body(refused.code, refused.message))
-    except InvalidTransition as exc:
-        agent = verified.agent if verified else None
-        _audit(agent_id, method, ip, 409, "invalid_state", agent=agent)
+    except InvalidTransition as exc:  # deleted meanwhile: its tokens are revoked regardless
+        _audit(call, ip, 409, "invalid_state", agent=agent)
         return KillCallResult(409, error_body("invalid_state", str(exc)))
     status = 202 if outcome.container == PENDING else 200
     _audit(
-        agent_id,
-        method,
+        call,
         ip,
         status,
         "killed" if outcome.newly_killed else "already_killed",
-        agent=verified.agent,
+        agent=agent,
         signed_with=verified.signed_with,
         action=verified.action,
         accepted=True,
@@ -299,26 +382,35 @@ def handle_kill_call(
             "container": outcome.container,
             "already_killed": not outcome.newly_killed,
         },
+        deprecated=verified.version == "v1",
     )
 
 
-def _verify(*, agent_id: str, method: str, headers: Mapping[str, str], body: bytes) -> _Verified:
-    if method != "POST":
+def _verify(call: KillCall) -> _Verified:
+    body = call.body
+    if call.method != "POST":
         raise KillRefused(405, "method_not_allowed", "The kill switch takes POST only.")
     if len(body) > settings.KILL_SWITCH_MAX_BODY_BYTES:
         raise KillRefused(413, "body_too_large", "The body is too large for a kill call.")
-    timestamp, signature = _parse_headers(headers)
+    timestamp, version, signature = _parse_headers(call.headers)
     if abs(time.time() - int(timestamp)) > MAX_SKEW_SECONDS:
         raise KillRefused(
             401, "stale_timestamp", f"The timestamp is more than {MAX_SKEW_SECONDS} s off."
         )
-    agent, signed_with = _authenticate(agent_id, timestamp, body, signature)
-    action = _parse_action(body, agent)
-    _remember(signature, agent)
-    return _Verified(agent=agent, signed_with=signed_with, action=action)
+    signed = f"{timestamp}.{call.agent_id}." if version == "v2" else f"{timestamp}."
+    agent_pk, signed_with = _authenticate(call.agent_id, signed.encode() + body, signature)
+    action = _parse_action(body, agent_pk, must_name_agent=version == "v1")
+    return _Verified(
+        agent_pk=agent_pk,
+        signature=signature,
+        version=version,
+        signed_with=signed_with,
+        action=action,
+    )
 
 
-def _parse_headers(headers: Mapping[str, str]) -> tuple[str, str]:
+def _parse_headers(headers: Mapping[str, str]) -> tuple[str, str, str]:
+    """(timestamp, signature version, hex signature) from the call's headers."""
     timestamp = headers.get(TIMESTAMP_HEADER)
     signature = headers.get(SIGNATURE_HEADER)
     if not timestamp or not signature:
@@ -332,41 +424,69 @@ def _parse_headers(headers: Mapping[str, str]) -> tuple[str, str]:
         raise KillRefused(
             401,
             "malformed_signature",
-            f"{TIMESTAMP_HEADER} must be unix seconds and {SIGNATURE_HEADER} v1=<64 hex digits>.",
+            f"{TIMESTAMP_HEADER} must be unix seconds and {SIGNATURE_HEADER} v2=<64 hex digits>.",
         )
-    return timestamp.strip(), match.group(1).lower()
+    version, digest = match.groups()
+    if version == "v1" and not settings.KILL_SWITCH_ACCEPT_V1:
+        raise KillRefused(
+            401,
+            "unsupported_signature_version",
+            'v1 signatures are no longer accepted: sign "<timestamp>.<agent id>.<body>" (v2).',
+        )
+    return timestamp.strip(), version, digest.lower()
 
 
-def _authenticate(agent_id: str, timestamp: str, body: bytes, signature: str) -> tuple[Agent, str]:
-    """The agent and which secret signed; an unknown agent is a bad signature.
+def _authenticate(agent_id: str, message: bytes, signature: str) -> tuple[uuid.UUID, str]:
+    """The named agent's id and which secret signed; an unknown agent is a bad signature.
 
-    Every call does the same work, so neither the answer nor its timing tells
-    whether the agent exists: one lookup, one decryption, one HMAC per
-    operator secret plus one for the agent's secret, every comparison made.
+    Operator secrets are tried first and need no database: an operator's kill
+    never depends on the agent's own secret opening, and the agent's existence
+    is checked when the signature is claimed. Otherwise the agent's secret is
+    read and opened (a random one stands in for an unknown agent or a secret
+    that cannot be opened), so neither the answer nor its timing tells a
+    caller without an operator secret whether the agent exists.
     """
-    agent = _find_agent(agent_id)
-    owner_secret = _owner_secret(agent)
-    message = timestamp.encode() + b"." + body
+    try:
+        agent_pk: uuid.UUID | None = uuid.UUID(agent_id)
+    except ValueError:
+        agent_pk = None
     operator_ok = False
     for secret in settings.KILL_SWITCH_SECRET:
         operator_ok |= hmac.compare_digest(_sign(secret, message), signature)
-    owner_ok = hmac.compare_digest(_sign(owner_secret, message), signature)
-    if agent is None or not (operator_ok or owner_ok):
-        raise KillRefused(401, "invalid_signature", "The signature does not match.", agent=agent)
-    return agent, "operator" if operator_ok else "owner"
-
-
-def _find_agent(agent_id: str) -> Agent | None:
-    try:
-        pk = uuid.UUID(agent_id)
-    except ValueError:
-        pk = _DECOY_AGENT_ID  # still run the query
-    return Agent.objects.select_related("droplet", "owner").filter(pk=pk).first()
+    if operator_ok and agent_pk is not None:
+        return agent_pk, "operator"
+    agent = Agent.objects.only("id", "kill_secret").filter(pk=agent_pk or _DECOY_AGENT_ID).first()
+    owner_ok = hmac.compare_digest(_sign(_owner_secret(agent), message), signature)
+    if agent is None or not owner_ok:
+        raise KillRefused(
+            401,
+            "invalid_signature",
+            "The signature does not match.",
+            agent_pk=agent.pk if agent else None,
+        )
+    return agent.pk, "owner"
 
 
 def _owner_secret(agent: Agent | None) -> str:
-    if agent is not None and agent.kill_secret:
-        return agent.kill_secret
+    """The agent's kill secret, or a random one that matches nothing.
+
+    A secret that cannot be opened (its key left the ring too early, a backup
+    restored under other keys) counts as no secret: the owner's kill fails
+    like a bad signature, and an operator's kill is unaffected.
+    """
+    if agent is not None:
+        try:
+            secret = agent.kill_secret
+        except DecryptionError as exc:
+            logger.error(
+                "kill switch: the kill secret of agent %s cannot be opened (%s); "
+                "only operator secrets can kill it until its owner rotates it",
+                agent.pk,
+                exc,
+            )
+        else:
+            if secret:
+                return secret
     # Seal and open a random secret, as a real agent's is opened; it matches nothing.
     decoy = Agent(id=_DECOY_AGENT_ID)
     field = Agent._meta.get_field("kill_secret")
@@ -377,45 +497,107 @@ def _sign(secret: str, message: bytes) -> str:
     return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
 
 
-def _parse_action(body: bytes, agent: Agent) -> str:
+def _parse_action(body: bytes, agent_pk: uuid.UUID, *, must_name_agent: bool) -> str:
     """The action from an (optional) JSON body ``{"action": "stop"|"remove"}``.
 
-    A body may also name ``agent_id``: it must then be this agent, which binds
-    a signature to one agent (the signed text itself does not name it).
+    A body may also name ``agent_id``; it must then be this agent. A v1
+    signature does not cover the agent id, so with v1 the body must name it.
     """
-    if not body.strip():
-        return STOP
-    try:
-        data = json.loads(body)
-    except ValueError:
-        data = None
+    data: Any = {}
+    if body.strip():
+        try:
+            data = json.loads(body)
+        except ValueError:
+            data = None
     if not isinstance(data, dict):
-        raise KillRefused(400, "invalid_body", "The body must be a JSON object.", agent=agent)
+        raise KillRefused(400, "invalid_body", "The body must be a JSON object.", agent_pk=agent_pk)
+    named = data.get("agent_id")
+    if named is None and must_name_agent:
+        raise KillRefused(
+            401,
+            "unbound_signature",
+            'A v1 signature does not name the agent: put "agent_id" in the body, or sign with v2.',
+            agent_pk=agent_pk,
+        )
+    if named is not None and str(named).strip().lower() != str(agent_pk):
+        raise KillRefused(400, "agent_mismatch", "The body names another agent.", agent_pk=agent_pk)
     action = data.get("action", STOP)
     if action not in (STOP, REMOVE):
-        raise KillRefused(400, "invalid_action", 'action must be "stop" or "remove".', agent=agent)
-    named = data.get("agent_id")
-    if named is not None and str(named).strip().lower() != str(agent.pk):
-        raise KillRefused(400, "agent_mismatch", "The body names another agent.", agent=agent)
+        raise KillRefused(
+            400, "invalid_action", 'action must be "stop" or "remove".', agent_pk=agent_pk
+        )
     return action
 
 
-def _remember(signature: str, agent: Agent) -> None:
-    """Record the signature; refuse one seen before (the replay store)."""
-    now = timezone.now()
-    UsedKillSignature.objects.filter(created_at__lt=now - REPLAY_WINDOW).delete()
-    try:
-        with transaction.atomic():
-            UsedKillSignature.objects.create(signature=signature, created_at=now)
-    except IntegrityError:
+# Reads the agent's state, records the signature for it and, only if the agent
+# exists, is not deleted and has not seen this signature, revokes its tokens:
+# one statement, one round trip, one transaction (PostgreSQL).
+_CLAIM_AND_REVOKE_SQL = f"""
+WITH target AS (
+    SELECT id, status FROM {Agent._meta.db_table} WHERE id = %(agent)s
+), claimed AS (
+    INSERT INTO {UsedKillSignature._meta.db_table} (agent_id, signature, created_at)
+    SELECT id, %(signature)s, %(now)s FROM target WHERE status <> %(deleted)s
+    ON CONFLICT DO NOTHING
+    RETURNING 1
+), revoked AS (
+    UPDATE {AgentToken._meta.db_table} SET revoked_at = %(now)s
+    WHERE agent_id = %(agent)s AND revoked_at IS NULL AND EXISTS (SELECT 1 FROM claimed)
+    RETURNING 1
+)
+SELECT (SELECT status FROM target), (SELECT count(*) FROM claimed), (SELECT count(*) FROM revoked)
+"""  # noqa: S608 - table names are constants; every value is a parameter
+
+
+def _claim_signature_and_revoke(verified: _Verified) -> None:
+    """Record the signature as used for this agent, then revoke the agent's tokens.
+
+    Refuses, revoking nothing, a signature this agent has seen before (the
+    replay store), an agent that does not exist (as a bad signature) or is
+    deleted. Both writes happen in one transaction: on PostgreSQL in one
+    statement, as this is what the gateway's refusal waits for.
+    """
+    pk, now = verified.agent_pk, timezone.now()
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(
+                _CLAIM_AND_REVOKE_SQL,
+                {"agent": pk, "signature": verified.signature, "now": now, "deleted": S.DELETED},
+            )
+            status, claimed, _ = cursor.fetchone()
+    else:
+        status = Agent.objects.filter(pk=pk).values_list("status", flat=True).first()
+        claimed = 0
+        if status not in (None, S.DELETED):
+            try:
+                with transaction.atomic():
+                    UsedKillSignature.objects.create(
+                        agent_id=pk, signature=verified.signature, created_at=now
+                    )
+                    AgentToken.objects.filter(agent_id=pk, revoked_at__isnull=True).update(
+                        revoked_at=now
+                    )
+                claimed = 1
+            except IntegrityError:
+                pass
+    if status is None:
+        raise KillRefused(401, "invalid_signature", "The signature does not match.")
+    if status == S.DELETED:
+        raise KillRefused(409, "invalid_state", "The agent is deleted.", agent_pk=pk)
+    if not claimed:
         raise KillRefused(
-            409, "replayed_signature", "This signature has been used already.", agent=agent
-        ) from None
+            409, "replayed_signature", "This signature has been used already.", agent_pk=pk
+        )
+
+
+def forget_expired_signatures() -> int:
+    """Drop replay-store rows whose signatures can no longer pass the timestamp check."""
+    cutoff = timezone.now() - REPLAY_WINDOW
+    return UsedKillSignature.objects.filter(created_at__lt=cutoff).delete()[0]
 
 
 def _audit(
-    agent_id: str,
-    method: str,
+    call: KillCall,
     ip: str | None,
     status: int,
     outcome: str,
@@ -425,23 +607,25 @@ def _audit(
     action: str = "",
     accepted: bool = False,
 ) -> None:
+    """The call's audit row and log line; also where the replay store is pruned."""
     KillSwitchCall.objects.create(
-        agent_id_given=agent_id[:64],
+        agent_id_given=call.agent_id[:64],
         agent=agent,
         source_ip=ip,
-        method=method[:10],
+        method=call.method[:10],
         accepted=accepted,
         status_code=status,
         outcome=outcome,
         signed_with=signed_with,
         action=action,
     )
+    forget_expired_signatures()
     logger.log(
         logging.WARNING if accepted else logging.INFO,
         "kill switch: %s %s agent=%r ip=%s outcome=%s signed_with=%s action=%s",
         "accepted" if accepted else "refused",
         status,
-        agent_id[:64],
+        call.agent_id[:64],
         ip,
         outcome,
         signed_with or "-",

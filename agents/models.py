@@ -428,18 +428,35 @@ class KillSwitchCall(models.Model):
 
 
 class UsedKillSignature(models.Model):
-    """The kill switch's replay store: a signature is accepted once.
+    """The kill switch's replay store: a signature is accepted once per agent.
 
-    A row may go once its signature can no longer pass the timestamp check;
-    see ``agents.kill_switch.REPLAY_WINDOW``. It lives in the database, not
-    Redis, because the kill switch must work with Redis down.
+    Keyed by (agent, signature): a signature that has stopped one agent cannot
+    stop it again, and two agents may each be stopped by calls that happen to
+    share a signature (a v1 operator script sending the same body in the same
+    second). A row may go once its signature can no longer pass the timestamp
+    check; see ``agents.kill_switch.REPLAY_WINDOW``. It lives in the database,
+    not Redis, because the kill switch must work with Redis down.
     """
 
-    signature = models.CharField(max_length=64, unique=True)
+    # No database constraint on purpose: checking one would lock the agent's row
+    # (a key-share lock waits for any FOR UPDATE, e.g. a state change or a
+    # billing handler under way), and the kill's revocation must never wait.
+    # The statement that writes a row checks the agent exists itself.
+    agent = models.ForeignKey(
+        Agent, on_delete=models.CASCADE, related_name="+", db_constraint=False
+    )
+    signature = models.CharField(max_length=64)
     created_at = models.DateTimeField(db_index=True)
 
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["agent", "signature"], name="kill_signature_used_once_per_agent"
+            )
+        ]
+
     def __str__(self) -> str:
-        return f"{self.signature[:12]}… at {self.created_at:%Y-%m-%d %H:%M:%S}"
+        return f"{self.agent_id}: {self.signature[:12]}… at {self.created_at:%Y-%m-%d %H:%M:%S}"
 
 
 # The conversation's models live in their own module; importing them here is

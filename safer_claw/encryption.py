@@ -10,8 +10,11 @@ associated data, so a ciphertext copied into another row or column does not
 open. Opening never returns garbage: anything altered, truncated, sealed under
 an unknown key or moved raises :class:`DecryptionError`.
 
-This module imports nothing from Django at import time so that settings can
-validate the key ring with it.
+Keys never show: the ring keeps only the AES-GCM ciphers made from them (its
+repr names key ids), and the functions that hold a key or its text in a local
+variable are marked ``sensitive_variables`` for Django's error reports. This
+module reads no Django setting at import time, so settings can validate the
+key ring with it.
 """
 
 from __future__ import annotations
@@ -21,10 +24,11 @@ import binascii
 import functools
 import os
 import re
-from dataclasses import dataclass, field
+from collections.abc import Iterable
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from django.views.decorators.debug import sensitive_variables
 
 FORMAT = "scv1"
 NONCE_BYTES = 12
@@ -46,25 +50,32 @@ class DecryptionError(EncryptionError):
     """A sealed value cannot be opened: tampered, truncated, moved or unknown key."""
 
 
-@dataclass(frozen=True)
 class KeyRing:
-    """Keys newest first; the first one seals, every one can open."""
+    """Keys newest first; the first one seals, every one can open.
 
-    entries: tuple[tuple[str, bytes], ...]
-    _ciphers: dict[str, AESGCM] = field(default_factory=dict, compare=False, repr=False)
+    Only the ciphers made from the keys are kept, never the key bytes, so no
+    repr, error page or log line can show a key.
+    """
 
-    def __post_init__(self) -> None:
-        for key_id, key in self.entries:
-            self._ciphers[key_id] = AESGCM(key)
+    @sensitive_variables("keys", "key")
+    def __init__(self, keys: Iterable[tuple[str, bytes]]) -> None:
+        self._ciphers = {key_id: AESGCM(key) for key_id, key in keys}
+        if not self._ciphers:
+            raise KeyRingError("a key ring needs at least one key")
+        self.key_ids = tuple(self._ciphers)
+
+    def __repr__(self) -> str:
+        return f"KeyRing(key_ids={list(self.key_ids)!r})"
 
     @property
     def current_id(self) -> str:
-        return self.entries[0][0]
+        return self.key_ids[0]
 
     def cipher(self, key_id: str) -> AESGCM | None:
         return self._ciphers.get(key_id)
 
 
+@sensitive_variables("text", "items", "item", "encoded", "entries")
 def parse_key_ring(text: str) -> KeyRing:
     """Parse ``id:base64key[,id:base64key…]`` (newest first) into a KeyRing."""
     items = [item.strip() for item in text.split(",") if item.strip()]
@@ -83,9 +94,10 @@ def parse_key_ring(text: str) -> KeyRing:
         if any(existing == key_id for existing, _ in entries):
             raise KeyRingError(f"ENCRYPTION_KEYS names key id {key_id!r} twice")
         entries.append((key_id, _decode_key(key_id, encoded)))
-    return KeyRing(tuple(entries))
+    return KeyRing(entries)
 
 
+@sensitive_variables("encoded", "key")
 def _decode_key(key_id: str, encoded: str) -> bytes:
     try:
         key = base64.urlsafe_b64decode(_pad(encoded.replace("+", "-").replace("/", "_")))
@@ -114,6 +126,7 @@ def _associated_data(key_id: str, context: str) -> bytes:
     return f"{FORMAT}:{key_id}:{context}".encode()
 
 
+@sensitive_variables("plaintext")
 def seal(plaintext: bytes, *, context: str, ring: KeyRing) -> str:
     """Encrypt ``plaintext`` with the newest key, bound to ``context``."""
     key_id = ring.current_id
@@ -163,6 +176,7 @@ def open_sealed(sealed: str, *, context: str, ring: KeyRing) -> bytes:
 
 
 @functools.lru_cache(maxsize=4)
+@sensitive_variables("text")
 def _ring_for(text: str) -> KeyRing:
     return parse_key_ring(text)
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from django.db import models
 from django.db.models.query_utils import DeferredAttribute
+from django.views.decorators.debug import sensitive_variables
 
 from safer_claw.encryption import EncryptionError, current_ring, open_sealed, seal
 
@@ -34,6 +35,7 @@ class _EncryptedAttribute(DeferredAttribute):
     def __set__(self, instance: models.Model, value: Any) -> None:
         instance.__dict__[self.field.attname] = value
 
+    @sensitive_variables("value")
     def __get__(self, instance: models.Model | None, cls: type | None = None) -> Any:
         if instance is None:
             return self
@@ -79,6 +81,7 @@ class EncryptedTextField(models.TextField):
             open_sealed(sealed, context=self.context_for_pk(pk), ring=current_ring())
         )
 
+    @sensitive_variables("value")
     def seal_for(self, instance: models.Model, value: Any) -> Sealed:
         context = self.context_for(instance)
         return Sealed(seal(self.encode(value), context=context, ring=current_ring()))
@@ -92,6 +95,7 @@ class EncryptedTextField(models.TextField):
         value = instance.__dict__.get(self.attname)
         return value if isinstance(value, Sealed) else None
 
+    @sensitive_variables("value")
     def pre_save(self, model_instance: models.Model, add: bool) -> Sealed | None:
         # Reading through the descriptor opens (and so verifies) what was loaded;
         # re-sealing on every save keeps values on the newest key.

@@ -389,6 +389,9 @@ if any(len(s) < 32 for s in KILL_SWITCH_SECRET):
         "KILL_SWITCH_SECRET: each secret must be at least 32 characters "
         "(python -c 'import secrets; print(secrets.token_urlsafe(32))')."
     )
+# v1 kill signatures do not cover the agent id; while this is on they are still
+# accepted (with a Deprecation header), and only when the body names the agent.
+KILL_SWITCH_ACCEPT_V1 = env.bool("KILL_SWITCH_ACCEPT_V1", default=True)
 # A kill call's body is tiny ({"action": "remove"}); anything bigger is refused
 # before it is read in full.
 KILL_SWITCH_MAX_BODY_BYTES = env.int("KILL_SWITCH_MAX_BODY_BYTES", default=1024)

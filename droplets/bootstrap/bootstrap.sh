@@ -386,48 +386,63 @@ firewall_script() {
 #!/usr/bin/env bash
 # The droplet's host firewall and its agents' egress rules. Installed by
 # droplets/bootstrap/bootstrap.sh; saferclaw-firewall.service runs it at boot,
-# before dockerd. Settings: /etc/saferclaw/firewall.env. Idempotent.
+# before dockerd. Settings: /etc/saferclaw/firewall.env. Idempotent, and it
+# fails closed: each set of rules is swapped in by one iptables-restore
+# transaction, so a re-run never leaves a moment without them.
 set -euo pipefail
 # shellcheck source=/dev/null
-. /etc/saferclaw/firewall.env
-chain=SC-HOST-IN
+. "${SAFERCLAW_FIREWALL_ENV:-/etc/saferclaw/firewall.env}"
 
 # host_rules IPTABLES FAMILY: inbound to this host is refused except loopback,
 # replies, ICMP, DHCP, SSH from the control plane (and --ssh-from) and the
-# Docker API from the control plane.
+# Docker API from the control plane. Built in a fresh chain (SC-HOST-IN-a and
+# -b take turns), hooked first in INPUT in the same transaction that unhooks
+# and deletes the old one.
 host_rules() {
-    local ipt=$1 family=$2 source
-    while "$ipt" -C INPUT -j "$chain" 2>/dev/null; do "$ipt" -D INPUT -j "$chain"; done
-    "$ipt" -N "$chain" 2>/dev/null || "$ipt" -F "$chain"
-    "$ipt" -A "$chain" -i lo -j ACCEPT
-    "$ipt" -A "$chain" -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT
-    "$ipt" -A "$chain" -m conntrack --ctstate INVALID -j DROP
-    if [ "$family" = 4 ]; then
-        "$ipt" -A "$chain" -p icmp -j ACCEPT
-        "$ipt" -A "$chain" -p udp --sport 67 --dport 68 -j ACCEPT
-        "$ipt" -A "$chain" -s "$CONTROL_PLANE_IP" -p tcp --dport "$SSH_PORT" -j ACCEPT
-        "$ipt" -A "$chain" -s "$CONTROL_PLANE_IP" -p tcp --dport "$DOCKER_TLS_PORT" -j ACCEPT
-    else
-        # Neighbour discovery is ICMPv6: without it IPv6 stops working at all.
-        "$ipt" -A "$chain" -p ipv6-icmp -j ACCEPT
-        "$ipt" -A "$chain" -p udp --sport 547 --dport 546 -j ACCEPT
-    fi
-    for source in $SSH_FROM; do
-        case "$source" in
-            *:*) [ "$family" = 6 ] || continue ;;
-            *) [ "$family" = 4 ] || continue ;;
-        esac
-        "$ipt" -A "$chain" -s "$source" -p tcp --dport "$SSH_PORT" -j ACCEPT
-    done
-    "$ipt" -A "$chain" -j DROP
-    "$ipt" -I INPUT 1 -j "$chain"
+    local ipt=$1 family=$2 source rules old chain new=SC-HOST-IN-a
+    rules=$("$ipt" -w -S)
+    old=$(grep -E -- '^-A INPUT -j SC-HOST-IN(-[ab])?$' <<<"$rules" | sed 's/.* -j //' || true)
+    if grep -qx -- SC-HOST-IN-a <<<"$old"; then new=SC-HOST-IN-b; fi
+    {
+        echo "*filter"
+        echo ":$new - [0:0]"
+        echo "-A $new -i lo -j ACCEPT"
+        echo "-A $new -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT"
+        echo "-A $new -m conntrack --ctstate INVALID -j DROP"
+        if [ "$family" = 4 ]; then
+            echo "-A $new -p icmp -j ACCEPT"
+            echo "-A $new -p udp --sport 67 --dport 68 -j ACCEPT"
+            echo "-A $new -s $CONTROL_PLANE_IP -p tcp --dport $SSH_PORT -j ACCEPT"
+            echo "-A $new -s $CONTROL_PLANE_IP -p tcp --dport $DOCKER_TLS_PORT -j ACCEPT"
+        else
+            # Neighbour discovery is ICMPv6: without it IPv6 stops working at all.
+            echo "-A $new -p ipv6-icmp -j ACCEPT"
+            echo "-A $new -p udp --sport 547 --dport 546 -j ACCEPT"
+        fi
+        for source in $SSH_FROM; do
+            case "$source" in
+                *:*) [ "$family" = 6 ] || continue ;;
+                *) [ "$family" = 4 ] || continue ;;
+            esac
+            echo "-A $new -s $source -p tcp --dport $SSH_PORT -j ACCEPT"
+        done
+        echo "-A $new -j DROP"
+        echo "-I INPUT 1 -j $new"
+        for chain in $old; do echo "-D INPUT -j $chain"; done
+        for chain in SC-HOST-IN SC-HOST-IN-a SC-HOST-IN-b; do
+            if [ "$chain" != "$new" ] && grep -qx -- "-N $chain" <<<"$rules"; then
+                printf -- '-F %s\n-X %s\n' "$chain" "$chain"
+            fi
+        done
+        echo COMMIT
+    } | "$ipt-restore" -w --noflush
 }
 
 host_rules iptables 4
 if [ -e /proc/net/if_inet6 ] && command -v ip6tables >/dev/null; then
     host_rules ip6tables 6
 fi
-/usr/local/lib/saferclaw/firewall.sh --subnet "$AGENT_SUBNET" \
+"${SAFERCLAW_AGENTS_FIREWALL:-/usr/local/lib/saferclaw/firewall.sh}" --subnet "$AGENT_SUBNET" \
     --control-plane "$AGENTS_DIAL_IP:$CONTROL_PLANE_PORT"
 echo "host firewall: SSH and Docker API only from $CONTROL_PLANE_IP${SSH_FROM:+ (SSH also from $SSH_FROM)}"
 EOF

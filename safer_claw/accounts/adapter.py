@@ -15,11 +15,8 @@ from django.db import transaction
 from django.http import HttpRequest
 from django.utils.encoding import force_str
 
+from safer_claw.accounts import mfa_secrets
 from safer_claw.accounts.tasks import send_email_message
-from safer_claw.encryption import current_ring, open_sealed, seal
-
-# allauth's default adapter stores TOTP secrets as they are; seal them instead.
-MFA_CONTEXT = "allauth.mfa"
 
 
 @dataclass(frozen=True)
@@ -83,8 +80,11 @@ class AccountAdapter(DefaultAccountAdapter):
 
 
 class MFAAdapter(DefaultMFAAdapter):
+    """allauth's default stores TOTP secrets as they are; ours are sealed, bound to
+    their row (see safer_claw.accounts.mfa_secrets)."""
+
     def encrypt(self, text: str) -> str:
-        return seal(text.encode(), context=MFA_CONTEXT, ring=current_ring())
+        return mfa_secrets.seal_pending(text)
 
     def decrypt(self, encrypted_text: str) -> str:
-        return open_sealed(encrypted_text, context=MFA_CONTEXT, ring=current_ring()).decode()
+        return mfa_secrets.open_value(encrypted_text)

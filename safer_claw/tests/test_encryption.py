@@ -116,7 +116,7 @@ def test_key_ring_accepts_standard_and_urlsafe_base64():
     ring = parse_key_ring(
         f"a:{base64.b64encode(key).decode()},b:{base64.urlsafe_b64encode(key).decode()}"
     )
-    assert [kid for kid, _ in ring.entries] == ["a", "b"]
+    assert ring.key_ids == ("a", "b")
 
 
 # --- The encrypted model field ------------------------------------------------------
