@@ -43,7 +43,7 @@ from droplets.containers import container_state
 from droplets.docker_client import DropletError
 from droplets.models import Droplet, DropletStatus
 from droplets.tests.factories import DropletFactory
-from gateway.proxy import close_db_threads
+from gateway.proxy import close_all as close_gateway
 from gateway.tests.live import start_live_server
 from safer_claw.accounts.tests.factories import UserFactory
 from safer_claw.accounts.tests.helpers import enable_totp, sign_in
@@ -771,9 +771,9 @@ def test_the_readme_shows_the_recipe_the_code_offers():
 def live_app(transactional_db):
     live = start_live_server()
     yield live.url
+    close_gateway()  # on the server's loop, while it still runs
     live.stop()
     close_kill_threads()
-    close_db_threads()
 
 
 @pytest.mark.parametrize("signer", ["operator", "owner"])
