@@ -26,6 +26,7 @@ from django.utils import timezone
 
 from agents.models import Agent, AgentStatus, AgentToken
 from agents.tokens import hash_token, looks_like_token
+from agents.tools import tool_name_of
 from gateway import ledger_sql
 from gateway.models import AgentRun, ModelPrice, UsageRecord, UsageStatus
 from gateway.providers import Call, Provider, Usage
@@ -251,7 +252,8 @@ def _agent_for_token(raw: str) -> AgentView | None:
 def _check_tools(agent: AgentView, call: Call) -> None:
     allowed = set(agent.allowed_tools or [])
     for name in call.tool_names:
-        if name not in allowed:
+        # Providers allow no dots in function names: `notes__save` is `notes.save`.
+        if tool_name_of(name) not in allowed:
             raise Refusal(400, f"Tool '{name}' is not on this agent's allow-list.")
 
 
