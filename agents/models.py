@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import uuid
 import zoneinfo
@@ -18,6 +19,7 @@ from django.core.validators import (
     RegexValidator,
 )
 from django.db import models, transaction
+from django.utils import timezone
 
 from droplets.models import Droplet
 from safer_claw.fields import EncryptedJSONField, EncryptedTextField
@@ -257,6 +259,14 @@ class Agent(AgentLimits):
     @property
     def memory_limit_bytes(self) -> int:
         return memory_limit_bytes(self.memory_limit)
+
+    def runtime_alive(self, now: dt.datetime | None = None) -> bool:
+        """Whether the runtime was heard from lately. It polls the inbox at least every
+        AGENT_INBOX_WAIT_SECONDS (and heartbeats during a run): this is its health check."""
+        if self.status != AgentStatus.RUNNING or self.last_activity_at is None:
+            return False
+        now = now or timezone.now()
+        return now - self.last_activity_at <= dt.timedelta(seconds=settings.AGENT_LIVENESS_SECONDS)
 
     def transition(
         self,

@@ -48,3 +48,7 @@ def _stop_inbox_listener(django_db_setup, django_db_blocker):
     from agents.inbox_wakeups import stop_listener
 
     stop_listener()
+
+
+# The live agents' fixtures (a real control plane, a scripted model), for the Docker tests.
+from agents.tests.live_agents import control_plane, scripted_model  # noqa: E402, F401

@@ -208,3 +208,29 @@ def test_schedules_crud(alice, live):
     assert bad.json()["error"]["fields"]["cron"]
     assert client.delete(f"{base}/{schedule['id']}").status_code == 204
     assert not Schedule.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("seen_ago", "status", "alive"),
+    [
+        (5, AgentStatus.RUNNING, True),
+        (200, AgentStatus.RUNNING, False),
+        (None, AgentStatus.RUNNING, False),
+        (5, AgentStatus.STOPPED, False),
+    ],
+)
+def test_status_judges_the_runtime_alive_from_its_polls(alice, agent, seen_ago, status, alive):
+    import datetime as dt
+
+    from django.utils import timezone
+
+    seen = timezone.now() - dt.timedelta(seconds=seen_ago) if seen_ago is not None else None
+    Agent.objects.filter(pk=agent.pk).update(status=status, last_activity_at=seen)
+    body = api(alice).get(f"/api/agents/{agent.id}/status").json()
+    assert body["runtime_alive"] is alive
+
+
+def test_a_poll_makes_a_silent_runtime_alive_again(alice, live, client):
+    assert api(alice).get(f"/api/agents/{live.agent.id}/status").json()["runtime_alive"] is False
+    client.get("/agent-api/v1/inbox?wait=0", headers=live.auth)
+    assert api(alice).get(f"/api/agents/{live.agent.id}/status").json()["runtime_alive"] is True

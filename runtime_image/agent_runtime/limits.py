@@ -71,6 +71,10 @@ class RunLimits:
 
     def take_model_step(self) -> None:
         self.check_time()
+        # With every tool call used, the gateway refuses the next model call (it
+        # holds the same limit on the calls the model asks for): stop here, saying why.
+        if 0 < self.max_tool_calls <= self.tool_calls:
+            raise LimitReached(MAX_TOOL_CALLS, self._tool_limit())
         if self.model_steps >= self.max_model_steps:
             raise LimitReached(
                 MAX_MODEL_STEPS,
@@ -82,9 +86,11 @@ class RunLimits:
     def take_tool_call(self) -> None:
         self.check_time()
         if self.tool_calls >= self.max_tool_calls:
-            raise LimitReached(
-                MAX_TOOL_CALLS,
-                f"this run reached its limit of {self.max_tool_calls} tool calls "
-                "(max tool calls per run)",
-            )
+            raise LimitReached(MAX_TOOL_CALLS, self._tool_limit())
         self.tool_calls += 1
+
+    def _tool_limit(self) -> str:
+        return (
+            f"this run reached its limit of {self.max_tool_calls} tool calls "
+            "(max tool calls per run)"
+        )

@@ -107,6 +107,15 @@ def test_a_runaway_tool_loop_stops_at_max_tool_calls_and_says_so(plane):
     assert outcome.tool_calls == 3
     assert "limit of 3 tool calls (max tool calls per run)" in outcome.text
     assert len(plane.paths("/agent-api/v1/tools/")) == 3
+    # No fourth model call: the gateway would refuse it, as every tool call is used.
+    assert len(model_calls(plane)) == 3
+
+
+def test_a_turn_asking_for_more_tools_than_are_left_stops_at_the_limit(plane):
+    plane.model = lambda body: completion(tool_calls=[("time__now", {})] * 5)
+    outcome = run(plane, handout("burst", max_tool_calls=3))
+    assert (outcome.stop_reason, outcome.tool_calls) == ("max_tool_calls", 3)
+    assert len(plane.paths("/agent-api/v1/tools/")) == 3
 
 
 def test_model_steps_are_limited(plane):
