@@ -6,10 +6,11 @@ from dataclasses import dataclass
 
 import pytest
 
+from agents.builtin_tools import BUILTIN_TOOLS as BUILTIN
 from agents.models import Agent, AgentStatus
 from agents.tokens import issue_agent_token
 
-BUILTIN_TOOLS = ["time.now", "notes.save", "notes.search", "notes.list"]
+BUILTIN_TOOLS = [tool.name for tool in BUILTIN]
 
 
 @dataclass

@@ -22,9 +22,9 @@ import uvicorn
 from django.db import connections
 from knox.models import AuthToken
 
+from agents.builtin_tools import BUILTIN_TOOLS
 from agents.models import Agent
 from agents.services import create_agent, deploy_agent
-from agents.tests.conftest import BUILTIN_TOOLS
 from droplets.models import Droplet
 from droplets.tests.fixtures import TEST_CONTROL_PLANE_PORT
 from gateway.metering import forget_prices
@@ -172,7 +172,7 @@ def deploy_live_agent(owner_user, *, name: str = "live", **limits: Any) -> Owner
     """A paid agent with the built-in tools, deployed on droplet 1 from the runtime image."""
     agent = create_agent(owner=owner_user, name=name, provider_key="sk-live-owner-key-0123456789")
     Agent.objects.filter(pk=agent.pk).update(
-        billing_active=True, allowed_tools=BUILTIN_TOOLS, **limits
+        billing_active=True, allowed_tools=[tool.name for tool in BUILTIN_TOOLS], **limits
     )
     agent = deploy_agent(agent=Agent.objects.get(pk=agent.pk))
     assert agent.status == "running", agent.status_reason
