@@ -64,8 +64,11 @@ class RunEnded(Exception):
 
     def __init__(self, run: Run) -> None:
         self.run = run
-        reason = run.get_stop_reason_display() if run.stop_reason else run.status
-        super().__init__(f"run {run.id} has ended ({run.status}: {reason})")
+        if run.stop_reason:
+            why = f"it has ended ({run.status}: {run.get_stop_reason_display()})"
+        else:
+            why = f"it is {run.status}, not active"
+        super().__init__(f"run {run.id} takes no reply: {why}")
 
 
 def clean_text(value: str) -> str:
