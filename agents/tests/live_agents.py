@@ -35,6 +35,7 @@ GATEWAY_ADDRESS = "172.31.1.1"  # droplet 1's agent network gateway: the host, a
 CONTROL_PLANE_URL = f"http://{GATEWAY_ADDRESS}:{TEST_CONTROL_PLANE_PORT}"
 OWNER_API = f"http://127.0.0.1:{TEST_CONTROL_PLANE_PORT}"
 MODEL = "gpt-test"
+ANTHROPIC_MODEL = "claude-test"
 
 
 class ScriptedModel(FakeProviders):
@@ -49,8 +50,8 @@ class ScriptedModel(FakeProviders):
             return super().take_reply()
         return self.script(self.requests[-1])  # recorded just before, by the same handler
 
-    def model_requests(self) -> list[dict[str, Any]]:
-        return [r.json for r in self.requests if r.path.endswith("/chat/completions")]
+    def model_requests(self, path: str = "/chat/completions") -> list[dict[str, Any]]:
+        return [r.json for r in self.requests if r.path.endswith(path)]
 
 
 class ControlPlane:
@@ -95,7 +96,9 @@ class ControlPlane:
 def scripted_model(settings) -> Iterator[ScriptedModel]:
     model = ScriptedModel().start()
     settings.OPENAI_UPSTREAM_URL = model.openai_base
+    settings.ANTHROPIC_UPSTREAM_URL = model.anthropic_base
     settings.AGENT_MODEL_OPENAI = MODEL
+    settings.AGENT_MODEL_ANTHROPIC = ANTHROPIC_MODEL
     yield model
     model.stop()
 
@@ -105,15 +108,16 @@ def control_plane(transactional_db, settings, local_droplet, agent_firewall, scr
     """The control plane serving containers on droplet 1, with a priced stand-in model."""
     settings.ALLOWED_HOSTS = [*settings.ALLOWED_HOSTS, GATEWAY_ADDRESS]
     settings.REDIS_URL = ""
-    ModelPrice.objects.update_or_create(
-        provider="openai",
-        model=MODEL,
-        defaults={
-            "input_per_mtok": Decimal("1"),
-            "cached_input_per_mtok": Decimal("1"),
-            "output_per_mtok": Decimal("1"),
-        },
-    )
+    for provider, model in (("openai", MODEL), ("anthropic", ANTHROPIC_MODEL)):
+        ModelPrice.objects.update_or_create(
+            provider=provider,
+            model=model,
+            defaults={
+                "input_per_mtok": Decimal("1"),
+                "cached_input_per_mtok": Decimal("1"),
+                "output_per_mtok": Decimal("1"),
+            },
+        )
     forget_prices()
     Droplet.objects.filter(pk=local_droplet.pk).update(control_plane_url=CONTROL_PLANE_URL)
     server = ControlPlane()
@@ -168,9 +172,13 @@ def wait_for(predicate: Callable[[], Any], *, timeout: float, what: str, every: 
     pytest.fail(f"timed out after {timeout}s waiting for {what}")
 
 
-def deploy_live_agent(owner_user, *, name: str = "live", **limits: Any) -> Owner:
+def deploy_live_agent(
+    owner_user, *, name: str = "live", provider: str = "openai", **limits: Any
+) -> Owner:
     """A paid agent with the built-in tools, deployed on droplet 1 from the runtime image."""
-    agent = create_agent(owner=owner_user, name=name, provider_key="sk-live-owner-key-0123456789")
+    agent = create_agent(
+        owner=owner_user, name=name, provider=provider, provider_key="sk-live-owner-key-0123456789"
+    )
     Agent.objects.filter(pk=agent.pk).update(
         billing_active=True, allowed_tools=[tool.name for tool in BUILTIN_TOOLS], **limits
     )

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import socket
 import threading
 import uuid
 
@@ -159,6 +160,21 @@ def test_an_unpaid_agent_is_handed_nothing(client, live):
 def test_a_bad_wait_is_400(client, live, wait):
     response = client.get(f"/agent-api/v1/inbox?wait={wait}", headers=live.auth)
     assert response.status_code == 400
+
+
+def test_the_inbox_works_with_redis_down(client, live, settings):
+    with socket.socket() as probe:  # a port where no Redis answers
+        probe.bind(("127.0.0.1", 0))
+        dead = probe.getsockname()[1]
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": f"redis://127.0.0.1:{dead}/0",
+        }
+    }
+    settings.REDIS_URL = f"redis://127.0.0.1:{dead}/0"
+    post_message(agent=live.agent, content="no redis")
+    assert poll(client, live).json()["message"]["content"] == "no redis"
 
 
 def test_the_inbox_is_get_only(client, live):

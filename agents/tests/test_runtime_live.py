@@ -83,6 +83,30 @@ def test_a_message_round_trip_with_a_tool_call(control_plane, alice, scripted_mo
         assert request.headers["authorization"] == "Bearer sk-live-owner-key-0123456789"
 
 
+def test_an_anthropic_agent_speaks_anthropics_format_through_its_endpoint(
+    control_plane, alice, scripted_model, settings
+):
+    def model(request):
+        last = request.json["messages"][-1]["content"][-1]
+        if last.get("type") == "tool_result":
+            return said("Noted.")
+        return asks_for(("notes__save", {"text": "milk"}))
+
+    scripted_model.script = model
+    owner = deploy_live_agent(alice, provider="anthropic")
+
+    answer = owner.reply_to(owner.send("Remember milk")["id"])
+
+    assert [r["content"] for r in answer["replies"]] == ["Noted."]
+    first, second = scripted_model.model_requests("/v1/messages")
+    assert first["model"] == "claude-test"
+    assert first["system"].startswith(settings.AGENT_SYSTEM_PROMPT)
+    assert {tool["name"] for tool in first["tools"]} >= {"notes__save", "time__now"}
+    assert second["messages"][-1]["content"][0]["type"] == "tool_result"
+    assert scripted_model.model_requests() == []  # nothing to the OpenAI endpoint
+    assert owner.agent.notes.get().text == "milk"
+
+
 # --- Limits ------------------------------------------------------------------------------------
 
 
