@@ -202,3 +202,15 @@ def test_anthropic_transcripts_use_its_own_format():
     transcript.add_tool_results([(turn.tool_requests[0], "<untrusted-data>…")])
     assert transcript.messages[-1]["content"][0]["type"] == "tool_result"
     assert [m["role"] for m in transcript.messages] == ["user", "assistant", "user"]
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [{"choices": "not a list"}, {"choices": []}, ["a", "list"], {"choices": [{"message": 3}]}],
+)
+def test_a_model_answering_garbage_ends_the_run_with_an_error_not_a_crash(plane, garbage):
+    plane.model = lambda body: garbage
+    outcome = run(plane, handout("hi"))
+    assert outcome.stop_reason == "error"
+    assert "unreadable" in outcome.text
+    assert plane.paths("/agent-api/v1/tools/") == []
