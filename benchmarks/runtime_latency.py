@@ -33,13 +33,28 @@ from benchmarks.runtime_stack import deploy, django_database, machine, percentil
 
 def main(count: int = 50) -> None:
     with django_database() as database:
+        from decimal import Decimal
+
         from django.conf import settings
 
+        from gateway.metering import forget_prices
+        from gateway.models import ModelPrice
         from gateway.tests.fake_providers import FakeProviders
 
         model = FakeProviders().start()
         settings.OPENAI_UPSTREAM_URL = model.openai_base
-        settings.AGENT_MODEL_OPENAI = "gpt-4o-mini"  # priced by the seed migration
+        settings.AGENT_MODEL_OPENAI = "gpt-bench"
+        price = Decimal("1.00")
+        ModelPrice.objects.update_or_create(
+            provider="openai",
+            model="gpt-bench",
+            defaults={
+                "input_per_mtok": price,
+                "cached_input_per_mtok": price,
+                "output_per_mtok": price,
+            },
+        )
+        forget_prices()
         try:
             with stack(capacity=2) as ctx:
                 timings = measure(ctx, count)
@@ -72,6 +87,7 @@ def measure(ctx: dict, count: int) -> dict[str, list[float]]:
     from agents.conversations import Message, MessageRole, Run
     from agents.tests.live_agents import OWNER_API
     from gateway.models import UsageRecord
+    from gateway.tests.fake_providers import DEFAULT_TEXT
 
     agent = deploy(ctx["owner"], "latency")
     _, token = AuthToken.objects.create(ctx["owner"])
@@ -96,6 +112,8 @@ def measure(ctx: dict, count: int) -> dict[str, list[float]]:
                     raise RuntimeError(f"no reply to message {index} in 60 s")
                 time.sleep(0.001)
         total = time.perf_counter() - started
+        # The stand-in's own answer, not an error reply: this times the whole way through.
+        assert reply.content == DEFAULT_TEXT, reply.content
         if index < 3:
             continue
         run = Run.objects.select_related("message").get(pk=run_id)
@@ -119,7 +137,7 @@ def direct_model_calls(model, count: int) -> list[float]:
     from runtime_image.agent_runtime.control_plane import ControlPlane
 
     direct = ControlPlane(model.base_url, "sk-direct")
-    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+    body = {"model": "gpt-bench", "messages": [{"role": "user", "content": "hi"}]}
     times = []
     for _ in range(count):
         started = time.perf_counter()
