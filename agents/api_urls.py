@@ -4,7 +4,7 @@ gateway.apis.AgentUsageApi."""
 
 from django.urls import path
 
-from agents import apis
+from agents import apis, conversation_apis
 
 urlpatterns = [
     path("<uuid:agent_id>/", apis.AgentDetailApi.as_view(), name="api-agent"),
@@ -16,5 +16,29 @@ urlpatterns = [
         "<uuid:agent_id>/kill-secret",
         apis.AgentKillSecretApi.as_view(),
         name="api-agent-kill-secret",
+    ),
+]
+
+# The conversation (agents.conversation_apis).
+urlpatterns += [
+    path(
+        "<uuid:agent_id>/messages",
+        conversation_apis.AgentMessagesApi.as_view(),
+        name="api-agent-messages",
+    ),
+    path(
+        "<uuid:agent_id>/instructions",
+        conversation_apis.AgentInstructionsApi.as_view(),
+        name="api-agent-instructions",
+    ),
+    path(
+        "<uuid:agent_id>/schedules",
+        conversation_apis.AgentSchedulesApi.as_view(),
+        name="api-agent-schedules",
+    ),
+    path(
+        "<uuid:agent_id>/schedules/<int:schedule_id>",
+        conversation_apis.AgentScheduleApi.as_view(),
+        name="api-agent-schedule",
     ),
 ]

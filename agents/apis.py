@@ -262,6 +262,10 @@ class AgentStatusApi(AgentApi):
         monthly_cost_cap = serializers.DecimalField(max_digits=10, decimal_places=2)
         period_started_at = serializers.DateTimeField(allow_null=True)
         last_activity_at = serializers.DateTimeField(allow_null=True)
+        runtime_alive = serializers.BooleanField(
+            help_text="The runtime was heard from (its inbox poll or heartbeat) within "
+            "AGENT_LIVENESS_SECONDS: the liveness check, as the image has no HEALTHCHECK."
+        )
 
     @extend_schema(responses={200: OutputSerializer, **ERRORS})
     def get(self, request: Request, agent_id: Any) -> Response:
@@ -285,6 +289,7 @@ def _status_of(agent: Agent) -> dict[str, Any]:
         "monthly_cost_cap": agent.monthly_cost_cap,
         "period_started_at": agent.period_started_at,
         "last_activity_at": agent.last_activity_at,
+        "runtime_alive": agent.runtime_alive(),
     }
     if not (agent.droplet_id and agent.container_id):
         return report

@@ -39,6 +39,7 @@ class Message(models.Model):
     """One message of the conversation, inbound (owner, schedule) or a reply."""
 
     MAX_CONTENT_CHARS = 32_000
+    MAX_OWNER_CHARS = 8_000  # what an owner (or a schedule's prompt) may send
 
     id = models.BigAutoField(primary_key=True)
     agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="messages")
@@ -48,11 +49,24 @@ class Message(models.Model):
     in_reply_to = models.ForeignKey(
         "Run", null=True, blank=True, on_delete=models.CASCADE, related_name="replies"
     )
+    # For a schedule's firing: which schedule, and the firing time it stands for.
+    # One message per (schedule, time), so a firing counted twice is stored once.
+    schedule = models.ForeignKey(
+        "Schedule", null=True, blank=True, on_delete=models.SET_NULL, related_name="messages"
+    )
+    scheduled_for = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
 
     class Meta:
         ordering = ["created_at", "id"]
         indexes = [models.Index(fields=["agent", "created_at"])]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["schedule", "scheduled_for"],
+                condition=models.Q(schedule__isnull=False),
+                name="one_message_per_schedule_firing",
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.role}: {self.content[:40]}"
@@ -77,7 +91,8 @@ class StopReason(models.TextChoices):
     MAX_MODEL_STEPS = "max_model_steps", "Max model steps per run"
     MAX_TOOL_CALLS = "max_tool_calls", "Max tool calls per run"
     MAX_RUNTIME = "max_runtime", "Max runtime per run"
-    MAX_TOKENS = "max_tokens", "Max tokens"
+    MAX_TOKENS = "max_tokens", "Max tokens per model call"
+    MAX_TOOL_CALLS_PER_DAY = "max_tool_calls_per_day", "Max tool calls per day"
     CAP_REACHED = "cap_reached", "A spending cap"
     AGENT_STOPPED = "agent_stopped", "The agent was stopped"
     ERROR = "error", "Error"
@@ -92,7 +107,7 @@ class Run(models.Model):
     status = models.CharField(
         max_length=16, choices=RunStatus.choices, default=RunStatus.QUEUED, db_index=True
     )
-    stop_reason = models.CharField(max_length=20, choices=StopReason.choices, blank=True)
+    stop_reason = models.CharField(max_length=32, choices=StopReason.choices, blank=True)
     stop_detail = models.TextField(blank=True)
 
     created_at = models.DateTimeField(auto_now_add=True)
@@ -158,3 +173,50 @@ class RunStep(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} {self.name}"
+
+
+class Schedule(models.Model):
+    """Standing instructions on a cron: each firing is an inbox message with its run.
+
+    ``cron`` is a five-field expression read in the agent's time zone;
+    ``next_fire_at`` (UTC) is when it fires next, None while disabled. The
+    beat task claims a due schedule under a row lock and moves ``next_fire_at``
+    past now in the same transaction (``agents.conversation_services``).
+    """
+
+    MAX_PER_AGENT = 20
+    MAX_CRON_CHARS = 100
+
+    id = models.BigAutoField(primary_key=True)
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="schedules")
+    cron = models.CharField(max_length=MAX_CRON_CHARS)
+    prompt = models.TextField()
+    enabled = models.BooleanField(default=True)
+    next_fire_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    last_fired_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.cron}: {self.prompt[:40]}"
+
+
+class Note(models.Model):
+    """One entry of an agent's notes, kept by the control plane (the notes.* tools)."""
+
+    MAX_TEXT_CHARS = 2_000
+    MAX_PER_AGENT = 200
+
+    id = models.BigAutoField(primary_key=True)
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="notes")
+    text = models.TextField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return self.text[:40]

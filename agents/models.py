@@ -2,21 +2,31 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import uuid
+import zoneinfo
 from decimal import Decimal
+from functools import cache
 from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
+from django.core.validators import (
+    MaxLengthValidator,
+    MaxValueValidator,
+    MinValueValidator,
+    RegexValidator,
+)
 from django.db import models, transaction
+from django.utils import timezone
 
 from droplets.models import Droplet
 from safer_claw.fields import EncryptedJSONField, EncryptedTextField
 
 MEMORY_LIMIT = re.compile(r"^([1-9][0-9]{0,6})([mg])$")
 MIN_MEMORY_BYTES = 16 * 1024**2  # below this the runtime cannot start Python
+MAX_INSTRUCTIONS_CHARS = 8_000
 
 
 def memory_limit_bytes(value: str) -> int:
@@ -36,6 +46,20 @@ def validate_memory_limit(value: str) -> None:
         )
     if memory_limit_bytes(value) < MIN_MEMORY_BYTES:
         raise ValidationError("Memory limit must be at least 16m.", code="memory_too_small")
+
+
+@cache
+def _time_zone_names() -> frozenset[str]:
+    return frozenset(zoneinfo.available_timezones())
+
+
+def validate_time_zone(value: str) -> None:
+    """An IANA time zone name this machine knows, such as ``Europe/Paris``."""
+    if value not in _time_zone_names():
+        raise ValidationError(
+            "Use an IANA time zone name, like Europe/Paris or America/New_York.",
+            code="invalid_time_zone",
+        )
 
 
 class AgentStatus(models.TextChoices):
@@ -192,6 +216,14 @@ class Agent(AgentLimits):
     # The owner's own secret for the kill switch webhook (DESIGN.md).
     kill_secret = EncryptedTextField(editable=False)
 
+    # The owner's standing instructions and time zone, handed to the runtime
+    # with every run: the instructions sit below the operator's system prompt,
+    # in their own delimited section; schedules fire in the time zone.
+    instructions = models.TextField(
+        blank=True, validators=[MaxLengthValidator(MAX_INSTRUCTIONS_CHARS)]
+    )
+    time_zone = models.CharField(max_length=64, default="UTC", validators=[validate_time_zone])
+
     # Container hardening (DESIGN.md trust boundary 4); the limits are in AgentLimits.
     read_only_root = models.BooleanField("read-only root filesystem", default=True)
     drop_all_capabilities = models.BooleanField(default=True)
@@ -269,6 +301,14 @@ class Agent(AgentLimits):
         if to in PAID_STATES and not self.billing_active:
             raise PaymentRequired(self.status, to)
 
+    def runtime_alive(self, now: dt.datetime | None = None) -> bool:
+        """Whether the runtime was heard from lately. It polls the inbox at least every
+        AGENT_INBOX_WAIT_SECONDS (and heartbeats during a run): this is its health check."""
+        if self.status != AgentStatus.RUNNING or self.last_activity_at is None:
+            return False
+        now = now or timezone.now()
+        return now - self.last_activity_at <= dt.timedelta(seconds=settings.AGENT_LIVENESS_SECONDS)
+
     def transition(
         self,
         to: str,
@@ -314,6 +354,10 @@ class Agent(AgentLimits):
             for name, value in changes.items():
                 setattr(row, name, value)
             row.save(update_fields=["status", "status_reason", "updated_at", *changes])
+            # Every way out of `running` ends the agent's runs, in this transaction.
+            from agents.conversation_services import end_open_runs
+
+            end_open_runs(agent=row, reason=reason)
         self._sync_from(row)
         return True
 
@@ -461,4 +505,4 @@ class UsedKillSignature(models.Model):
 
 # The conversation's models live in their own module; importing them here is
 # what registers them with the app.
-from agents.conversations import Message, Run, RunStep  # noqa: E402, F401
+from agents.conversations import Message, Note, Run, RunStep, Schedule  # noqa: E402, F401

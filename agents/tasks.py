@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from celery import shared_task
 
+from agents import conversation_services, schedule_services
 from agents.kill_switch import finish_kill
 from agents.reconciliation import reconcile_all
 from droplets.docker_client import DropletError
@@ -24,3 +25,15 @@ def retry_stop_container(self, agent_id: str, remove: bool = False) -> None:
             raise
         # 5 s, 10 s, 20 s … capped at 5 minutes: about two hours in all.
         raise self.retry(exc=exc, countdown=min(300, 5 * 2**self.request.retries)) from exc
+
+
+@shared_task(ignore_result=True)
+def expire_overdue_runs() -> None:
+    """Stop runs past their deadline (also done lazily on the runtime's next call)."""
+    conversation_services.expire_overdue_runs()
+
+
+@shared_task(ignore_result=True)
+def fire_due_schedules() -> None:
+    """Post each due schedule's message; safe to run twice or late (see schedule_services)."""
+    schedule_services.fire_due_schedules()

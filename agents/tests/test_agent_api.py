@@ -2,19 +2,10 @@
 
 from __future__ import annotations
 
-import threading
-import time
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
-
 import pytest
-from django.core.handlers.wsgi import WSGIHandler
-from django.db import connection
 
 from agents.models import Agent
-from agents.services import create_agent, deploy_agent
-from agents.tests.factories import paid
 from agents.tokens import issue_agent_token, revoke_agent_tokens
-from droplets.tests.fixtures import TEST_CONTROL_PLANE_PORT
 
 
 @pytest.mark.django_db
@@ -68,47 +59,17 @@ def test_heartbeat_is_post_only(client, agent):
     assert response.status_code == 405
 
 
-class QuietHandler(WSGIRequestHandler):
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture
-def control_plane_on_host(transactional_db):
-    """The control plane on the port the droplet firewall opens to agents."""
-
-    class Server(WSGIServer):
-        allow_reuse_address = True
-
-    server = make_server(
-        "0.0.0.0",
-        TEST_CONTROL_PLANE_PORT,
-        WSGIHandler(),
-        server_class=Server,
-        handler_class=QuietHandler,
-    )
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield
-    server.shutdown()
-    server.server_close()
-    connection.close()
-
-
 @pytest.mark.docker
-def test_a_running_container_heartbeats_through_the_firewall(
-    control_plane_on_host, alice, local_droplet, agent_firewall, settings
-):
-    from droplets.models import Droplet
+def test_a_running_container_polls_the_inbox_through_the_firewall(control_plane, alice):
+    """Its polls are its liveness: the status API reads them (the image has no HEALTHCHECK)."""
+    from agents.tests.live_agents import deploy_live_agent, wait_for
 
-    settings.ALLOWED_HOSTS = [*settings.ALLOWED_HOSTS, "172.31.1.1"]
-    Droplet.objects.filter(pk=local_droplet.pk).update(
-        control_plane_url=f"http://172.31.1.1:{TEST_CONTROL_PLANE_PORT}"
+    owner = deploy_live_agent(alice)
+    wait_for(
+        lambda: Agent.objects.get(pk=owner.agent.pk).last_activity_at,
+        timeout=30,
+        what="a poll from the container",
     )
-    agent = deploy_agent(agent=paid(create_agent(owner=alice, name="beat", provider_key="sk-x")))
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if Agent.objects.get(pk=agent.pk).last_activity_at:
-            break
-        time.sleep(0.5)
-    assert Agent.objects.get(pk=agent.pk).last_activity_at is not None
+    status = owner.client.get(f"/api/agents/{owner.agent.id}/status").json()
+    assert status["runtime_alive"] is True
+    assert status["container"]["health"] is None

@@ -94,7 +94,6 @@ FLAGS = [
             == {("nofile", 1024, 1024), ("core", 0, 0)}
         ),
     ),
-    ("Config.Healthcheck.Test", lambda v: v and v[0] in ("CMD", "CMD-SHELL")),
     (
         "HostConfig.LogConfig",
         lambda v: v["Type"] == "json-file" and v["Config"] == {"max-size": "10m", "max-file": "3"},
@@ -122,7 +121,7 @@ FLAGS = [
         ),
     ),
 ]
-IMAGE_ENV = {"PATH", "PYTHONDONTWRITEBYTECODE", "PYTHONUNBUFFERED", "HEALTH_FILE"}
+IMAGE_ENV = {"PATH", "PYTHONDONTWRITEBYTECODE", "PYTHONUNBUFFERED"}
 
 
 @pytest.fixture
@@ -223,15 +222,20 @@ def test_memory_hog_is_oom_killed_and_restarts_stop_at_the_policy_count(local_dr
     assert container_state(local_droplet, container_id).restart_count == 3
 
 
-def test_health_check_reports_healthy(any_droplet):
-    droplet, _ = any_droplet
+def test_the_runtime_runs_no_health_check_process(any_droplet):
+    """Liveness comes from the runtime's own polls: Docker starts nothing in the container."""
+    droplet, engine = any_droplet
     container_id = run_container(droplet, spec())
+    inspected = engine.api.inspect_container(container_id)
+    assert not (inspected["Config"].get("Healthcheck") or {}).get("Test")
+    assert "Health" not in inspected["State"]
+    assert container_state(droplet, container_id).health is None
     wait_until(
-        lambda: container_state(droplet, container_id).health == "healthy",
-        timeout=60,
-        every=1,
-        what="health status healthy",
+        lambda: len(engine.api.top(container_id)["Processes"]) >= 2, timeout=10, what="started"
     )
+    commands = [process[-1] for process in engine.api.top(container_id)["Processes"]]
+    assert len(commands) == 2, commands  # docker-init and the runtime, nothing else
+    assert any("agent_runtime" in command for command in commands)
 
 
 LOG_FLOOD = "import sys\nline = 'x' * 1000 + '\\n'\nfor _ in range(20000): sys.stdout.write(line)"

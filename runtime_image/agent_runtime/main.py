@@ -1,56 +1,53 @@
 """Safer-Claw agent runtime: the program that runs inside each agent container.
 
-This is the placeholder for the agent loop. It only proves the plumbing that the
-real loop will rely on:
+It long-polls the control plane's inbox with its agent token, works on the
+run it is handed (``loop.run_once``: model calls through the gateway, tool
+calls through the control plane), posts the reply, and polls again. It opens
+no port and keeps nothing: the control plane holds the conversation, so the
+container can be replaced at any time.
 
-* configuration comes from the environment (``CONTROL_PLANE_URL``,
-  ``AGENT_TOKEN``, optional ``HEARTBEAT_INTERVAL``, ``HTTP_TIMEOUT``,
-  ``HEALTH_FILE``, ``HEALTH_MAX_AGE``);
-* every ``HEARTBEAT_INTERVAL`` seconds it POSTs ``{"status": "alive"}`` to
-  ``$CONTROL_PLANE_URL/agent-api/v1/heartbeat`` with the agent token as a
-  bearer token; a failed heartbeat is logged and retried next interval;
-* it keeps a heartbeat file fresh under ``/tmp`` (the only writable place in a
-  read-only container) that ``main.py --healthcheck`` checks for Docker's
-  HEALTHCHECK;
-* it logs one JSON object per line on stdout and never logs the token;
-* it exits 0 promptly on SIGTERM/SIGINT.
+Idle, it costs almost nothing: one thread blocked in the long poll's socket
+read, one (the main thread) waiting for a signal; no health-check process, no
+timer. Liveness is judged by the control plane from the polls themselves.
 
-Standard library only, and nothing from the control plane: the container talks
-to the control plane over HTTP and nothing else.
+* Configuration from the environment: ``CONTROL_PLANE_URL``, ``AGENT_TOKEN``
+  (required); ``INBOX_WAIT`` (25 s), ``HTTP_TIMEOUT`` (10 s), ``TOOL_TIMEOUT``
+  (60 s), ``HEARTBEAT_INTERVAL`` (30 s, sent only while a run is in progress).
+* One JSON object per line on stdout; never the token, never message content.
+* SIGTERM/SIGINT: abandons whatever is in progress and exits 0 at once, even
+  while a request to an unanswering control plane is open. A run abandoned
+  that way is handed out again when the runtime comes back.
+
+Standard library only, and nothing from the control plane.
 """
 
 from __future__ import annotations
 
-import contextlib
-import http.client
 import json
 import math
 import os
 import signal
 import sys
 import threading
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TextIO
 from urllib.parse import urlsplit
 
-HEARTBEAT_PATH = "/agent-api/v1/heartbeat"
-HEARTBEAT_BODY = b'{"status": "alive"}'
-USER_AGENT = "saferclaw-agent-runtime/0.1"
-# /tmp: the only writable place in the hardened container (a private tmpfs).
-DEFAULT_HEALTH_FILE = "/tmp/agent-runtime.health"  # noqa: S108
-# The heartbeat file is refreshed at least this often, independently of the
-# (possibly long) heartbeat interval, so the health check can use a short max age.
-HEALTH_REFRESH_SECONDS = 5.0
-DEFAULT_HEALTH_MAX_AGE = 30.0
+from .control_plane import ControlPlane, Unreachable
+from .loop import run_once
 
 EXIT_OK = 0
-EXIT_UNHEALTHY = 1
 EXIT_CONFIG_ERROR = 2
+INBOX_PATH = "/agent-api/v1/inbox"
+HEARTBEAT_PATH = "/agent-api/v1/heartbeat"
+# After a refusal: a revoked token (the container is about to be stopped), an
+# agent that is not running. Network failures back off from 1 s to this.
+REFUSED_PAUSE_SECONDS = 30.0
+NOT_RUNNING_PAUSE_SECONDS = 10.0
+MAX_BACKOFF_SECONDS = 30.0
+REPLY_ATTEMPTS = 3
 
 
 class ConfigError(Exception):
@@ -77,9 +74,10 @@ class Config:
     control_plane_url: str
     # repr=False keeps the token out of any accidental repr() in a log or traceback.
     agent_token: str = field(repr=False)
+    inbox_wait: float = 25.0
+    http_timeout: float = 10.0
+    tool_timeout: float = 60.0
     heartbeat_interval: float = 30.0
-    http_timeout: float = 5.0
-    health_file: str = DEFAULT_HEALTH_FILE
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Config:
@@ -90,6 +88,8 @@ class Config:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ConfigError("CONTROL_PLANE_URL must be an http:// or https:// URL")
+        if parts.username or parts.password or parts.query or parts.fragment:
+            raise ConfigError("CONTROL_PLANE_URL must not carry credentials, a query or a fragment")
         token = env.get("AGENT_TOKEN", "")
         if not token:
             raise ConfigError("AGENT_TOKEN is not set")
@@ -99,18 +99,15 @@ class Config:
         return cls(
             control_plane_url=url.rstrip("/"),
             agent_token=token,
+            inbox_wait=min(_positive_float(env, "INBOX_WAIT", 25.0), 25.0),
+            http_timeout=_positive_float(env, "HTTP_TIMEOUT", 10.0),
+            tool_timeout=_positive_float(env, "TOOL_TIMEOUT", 60.0),
             heartbeat_interval=_positive_float(env, "HEARTBEAT_INTERVAL", 30.0),
-            http_timeout=_positive_float(env, "HTTP_TIMEOUT", 5.0),
-            health_file=env.get("HEALTH_FILE", "").strip() or DEFAULT_HEALTH_FILE,
         )
 
     @property
-    def heartbeat_url(self) -> str:
-        return self.control_plane_url + HEARTBEAT_PATH
-
-    @property
     def safe_control_plane_url(self) -> str:
-        """The control plane URL without any userinfo, fit for a log line."""
+        """The control plane URL, fit for a log line."""
         parts = urlsplit(self.control_plane_url)
         host = parts.hostname or ""
         if ":" in host:
@@ -151,130 +148,118 @@ class JsonLogger:
             self._stream.flush()
 
 
-class _NoRedirects(urllib.request.HTTPRedirectHandler):
-    """Refuse redirects: following one would resend the bearer token elsewhere."""
+class Heartbeat:
+    """While a run is in progress (no poll is open), say every interval that we live."""
 
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None
-
-
-# No proxies from the environment either: the token goes to the control plane only.
-_opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirects())
-
-
-def _describe_error(exc: BaseException) -> str:
-    if isinstance(exc, urllib.error.URLError) and not isinstance(exc, urllib.error.HTTPError):
-        reason = exc.reason
-        return (
-            f"{type(reason).__name__}: {reason}"
-            if isinstance(reason, BaseException)
-            else str(reason)
+    def __init__(self, control_plane: ControlPlane, config: Config, log: JsonLogger) -> None:
+        self._done = threading.Event()
+        self._thread = threading.Thread(
+            target=self._beat, args=(control_plane, config, log), daemon=True, name="heartbeat"
         )
-    return f"{type(exc).__name__}: {exc}"
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+
+    def _beat(self, control_plane: ControlPlane, config: Config, log: JsonLogger) -> None:
+        while not self._done.wait(config.heartbeat_interval):
+            try:
+                control_plane.post(HEARTBEAT_PATH, {"status": "busy"}, timeout=config.http_timeout)
+            except Unreachable as exc:
+                log.log("warning", "heartbeat_failed", error=str(exc))
 
 
-def send_heartbeat(config: Config, log: JsonLogger) -> bool:
-    """POST one heartbeat; log the outcome; return True on a 2xx answer. Never raises
-    for network or HTTP errors."""
-    # The scheme was checked to be http(s) in Config.from_env.
-    request = urllib.request.Request(  # noqa: S310
-        config.heartbeat_url,
-        data=HEARTBEAT_BODY,
-        method="POST",
-        headers={
-            "Authorization": f"Bearer {config.agent_token}",
-            "Content-Type": "application/json",
-            "User-Agent": USER_AGENT,
-        },
-    )
-    started = time.monotonic()
-    try:
-        with _opener.open(request, timeout=config.http_timeout) as response:
-            status = response.status
-            response.read(65536)
-    except urllib.error.HTTPError as exc:
-        # 401/403 mean the token was revoked; the real loop will act on it.
-        log.log("warning", "heartbeat_rejected", status=exc.code)
-        return False
-    except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
-        log.log("warning", "heartbeat_failed", error=_describe_error(exc))
-        return False
-    elapsed_ms = round((time.monotonic() - started) * 1000)
-    log.log("info", "heartbeat_ok", status=status, elapsed_ms=elapsed_ms)
-    return True
-
-
-def write_health_file(path: str) -> None:
-    """Atomically replace the heartbeat file; its mtime is what the check reads."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump({"ts": time.time(), "pid": os.getpid()}, handle)
-    os.replace(tmp, path)
-
-
-def check_health(path: str, max_age: float, stream: TextIO) -> int:
-    """Docker HEALTHCHECK: 0 if the heartbeat file is younger than ``max_age``."""
-    try:
-        age = time.time() - os.stat(path).st_mtime
-    except OSError as exc:
-        stream.write(f"unhealthy: no heartbeat file ({exc.strerror})\n")
-        return EXIT_UNHEALTHY
-    if age > max_age:
-        stream.write(f"unhealthy: heartbeat file is {age:.0f}s old (max {max_age:.0f}s)\n")
-        return EXIT_UNHEALTHY
-    stream.write(f"healthy: heartbeat {age:.1f}s ago\n")
-    return EXIT_OK
-
-
-def run(config: Config, log: JsonLogger, stop: threading.Event, stop_reason: list[str]) -> int:
-    """The main loop: refresh the health file, send heartbeats, until ``stop`` is set."""
-    log.log(
-        "info",
-        "starting",
-        control_plane=config.safe_control_plane_url,
-        heartbeat_interval=config.heartbeat_interval,
-        pid=os.getpid(),
-    )
-    health_ok = True
-    refresh = min(HEALTH_REFRESH_SECONDS, config.heartbeat_interval)
-    next_heartbeat = time.monotonic()
+def serve(config: Config, log: JsonLogger, stop: threading.Event) -> None:
+    """Poll the inbox and work on what it hands out, until ``stop`` is set."""
+    control_plane = ControlPlane(config.control_plane_url, config.agent_token)
+    failures = 0
     while not stop.is_set():
         try:
-            write_health_file(config.health_file)
-            if not health_ok:
-                log.log("info", "health_file_ok", path=config.health_file)
-            health_ok = True
-        except OSError as exc:
-            # Log only the transition, not every tick.
-            if health_ok:
-                log.log("error", "health_file_failed", path=config.health_file, error=str(exc))
-            health_ok = False
-        if time.monotonic() >= next_heartbeat:
-            send_heartbeat(config, log)
-            # Scheduled from the end of the attempt, so a slow control plane
-            # never causes a burst of back-to-back heartbeats.
-            next_heartbeat = time.monotonic() + config.heartbeat_interval
-        stop.wait(max(0.0, min(refresh, next_heartbeat - time.monotonic())))
-    log.log("info", "stopping", reason=stop_reason[0] if stop_reason else "stop requested")
-    with contextlib.suppress(OSError):
-        os.unlink(config.health_file)
-    return EXIT_OK
+            answer = control_plane.get(
+                f"{INBOX_PATH}?wait={config.inbox_wait:g}",
+                timeout=config.inbox_wait + config.http_timeout,
+            )
+        except Unreachable as exc:
+            failures += 1
+            pause = min(MAX_BACKOFF_SECONDS, 2.0 ** (failures - 1))
+            log.log("warning", "inbox_failed", error=str(exc), retry_in_s=pause)
+            stop.wait(pause)
+            continue
+        failures = 0
+        if answer.status == 204:
+            continue
+        if answer.status == 200 and isinstance(answer.body, dict):
+            work_on(answer.body, control_plane, config, log)
+            continue
+        pause = {401: REFUSED_PAUSE_SECONDS, 409: NOT_RUNNING_PAUSE_SECONDS}.get(
+            answer.status, MAX_BACKOFF_SECONDS
+        )
+        log.log(
+            "warning",
+            "inbox_refused",
+            status=answer.status,
+            code=answer.error_code(),
+            retry_in_s=pause,
+        )
+        stop.wait(pause)
+
+
+def work_on(handout: dict[str, Any], control_plane: ControlPlane, config: Config, log) -> None:
+    """One handed-out run, from first model call to stored reply."""
+    try:
+        run_id = str(handout["run"]["id"])
+    except (KeyError, TypeError):
+        log.log("error", "bad_handout")
+        return
+    log.log("info", "run_started", run=run_id, handed_out=handout["run"].get("handed_out"))
+    with Heartbeat(control_plane, config, log):
+        try:
+            outcome = run_once(handout, control_plane, log, tool_timeout=config.tool_timeout)
+        except (KeyError, TypeError, ValueError) as exc:
+            log.log("error", "bad_handout", run=run_id, error=type(exc).__name__)
+            return
+    log.log(
+        "info",
+        "run_finished",
+        run=run_id,
+        stop_reason=outcome.stop_reason,
+        model_steps=outcome.model_steps,
+        tool_calls=outcome.tool_calls,
+    )
+    if outcome.text is not None:
+        post_reply(control_plane, config, log, run_id, outcome)
+
+
+def post_reply(control_plane: ControlPlane, config: Config, log, run_id: str, outcome) -> None:
+    """Post the reply; a retry is safe (the control plane stores it once)."""
+    body = {
+        # PostgreSQL stores no NUL character; a model may still produce one.
+        "content": outcome.text.replace("\x00", "")[:32_000] or "(empty answer)",
+        "stop_reason": outcome.stop_reason,
+        "model_steps": outcome.model_steps,
+        "tool_calls": outcome.tool_calls,
+    }
+    for attempt in range(REPLY_ATTEMPTS):
+        try:
+            answer = control_plane.post(
+                f"/agent-api/v1/runs/{run_id}/reply", body, timeout=config.http_timeout
+            )
+        except Unreachable as exc:
+            log.log("warning", "reply_failed", run=run_id, error=str(exc), attempt=attempt + 1)
+            continue
+        event = "reply_stored" if answer.status == 200 else "reply_refused"
+        log.log("info", event, run=run_id, status=answer.status, code=answer.error_code())
+        return
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    if args == ["--healthcheck"]:
-        health_file = os.environ.get("HEALTH_FILE", "").strip() or DEFAULT_HEALTH_FILE
-        try:
-            max_age = _positive_float(os.environ, "HEALTH_MAX_AGE", DEFAULT_HEALTH_MAX_AGE)
-        except ConfigError as exc:
-            sys.stdout.write(f"unhealthy: {exc}\n")
-            return EXIT_UNHEALTHY
-        return check_health(health_file, max_age, sys.stdout)
     if args:
-        sys.stderr.write("usage: main.py [--healthcheck]\n")
+        sys.stderr.write("usage: python3 -m agent_runtime\n")
         return EXIT_CONFIG_ERROR
-
     log = JsonLogger(sys.stdout, secrets=[os.environ.get("AGENT_TOKEN", "")])
     try:
         config = Config.from_env(os.environ)
@@ -287,14 +272,30 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def on_signal(signum: int, _frame: object) -> None:
         # No logging here: writing to stdout from a handler can re-enter a write
-        # already in progress. The loop logs the reason once it wakes.
+        # already in progress. The main thread logs once it wakes.
         stop_reason.append(signal.Signals(signum).name)
         stop.set()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    return run(config, log, stop, stop_reason)
+    log.log(
+        "info",
+        "starting",
+        control_plane=config.safe_control_plane_url,
+        inbox_wait=config.inbox_wait,
+        pid=os.getpid(),
+    )
+    # The work happens in a daemon thread; the main thread only waits for the
+    # stop signal, so a request the control plane never answers cannot delay it.
+    worker = threading.Thread(target=serve, args=(config, log, stop), daemon=True, name="serve")
+    worker.start()
+    stop.wait()
+    log.log("info", "stopping", reason=stop_reason[0] if stop_reason else "stop requested")
+    return EXIT_OK
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def run_and_exit() -> None:
+    """Entry point: exit at once, abandoning the worker thread's step in progress."""
+    code = main()
+    sys.stdout.flush()
+    os._exit(code)

@@ -1,0 +1,1 @@
+"""Safer-Claw agent runtime (see main.py). Standard library only."""
