@@ -240,6 +240,12 @@ class Agent(AgentLimits):
     # Tool calls that model calls in flight may still return, held against
     # max_tool_calls_per_day like reserved_tokens against the token cap.
     reserved_tool_calls = models.PositiveIntegerField(default=0)
+    # Tool calls the tool endpoint performed today (UTC), held against
+    # max_tool_calls_per_day apart from the calls the model asked for
+    # (tool_calls_today, the gateway's), on a day of their own so neither
+    # side's day roll resets the other's counters.
+    performed_tool_calls_today = models.PositiveIntegerField(default=0)
+    performed_tool_calls_day = models.DateField(null=True, blank=True)
     # Model calls made outside any run get a per-UTC-day allowance (tokens_day's
     # day) with the per-run limits, so dropping out of a run resets nothing.
     model_calls_outside_runs_today = models.PositiveIntegerField(default=0)

@@ -224,7 +224,10 @@ def _reserve_call(agent: Agent, run: Run, name: str, arguments: Any, *, now: dt.
     """One call on the run and one on the agent's day, each by one conditional UPDATE,
     so concurrent calls cannot pass either limit."""
     today = now.date()
-    calls_today = Case(When(tokens_day=today, then=F("tool_calls_today")), default=Value(0))
+    calls_today = Case(
+        When(performed_tool_calls_day=today, then=F("performed_tool_calls_today")),
+        default=Value(0),
+    )
     # Each limit in its UPDATE's own WHERE, so a concurrent call is checked again.
     under_day_limit = LessThan(calls_today, F("max_tool_calls_per_day"))
     with transaction.atomic():
@@ -234,10 +237,8 @@ def _reserve_call(agent: Agent, run: Run, name: str, arguments: Any, *, now: dt.
             tool_calls__lt=agent.max_tool_calls_per_run - F("reserved_tool_calls"),
         ).update(reserved_tool_calls=F("reserved_tool_calls") + 1)
         on_day = on_run and Agent.objects.filter(under_day_limit, pk=agent.pk).update(
-            # The same day roll as the gateway's: tokens_day names the day both count.
-            tokens_today=Case(When(tokens_day=today, then=F("tokens_today")), default=0),
-            tool_calls_today=calls_today + 1,
-            tokens_day=today,
+            performed_tool_calls_today=calls_today + 1,
+            performed_tool_calls_day=today,
         )
         if not on_day:
             transaction.set_rollback(True)

@@ -37,8 +37,8 @@ def main(count: int = 50) -> None:
 
         from django.conf import settings
 
-        from gateway.metering import forget_prices
         from gateway.models import ModelPrice
+        from gateway.proxy import forget_prices
         from gateway.tests.fake_providers import FakeProviders
 
         model = FakeProviders().start()

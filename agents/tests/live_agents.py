@@ -27,8 +27,9 @@ from agents.models import Agent
 from agents.services import create_agent, deploy_agent
 from droplets.models import Droplet
 from droplets.tests.fixtures import TEST_CONTROL_PLANE_PORT
-from gateway.metering import forget_prices
 from gateway.models import ModelPrice
+from gateway.proxy import close_all as close_gateway
+from gateway.proxy import forget_prices
 from gateway.tests.fake_providers import FakeProviders, RecordedRequest, Reply
 
 GATEWAY_ADDRESS = "172.31.1.1"  # droplet 1's agent network gateway: the host, as containers see it
@@ -86,6 +87,7 @@ class ControlPlane:
     def stop(self) -> None:
         if self._server is None:
             return
+        close_gateway()  # its pools live on the server's loop: close them while it runs
         self._server.should_exit = True
         self._thread.join(timeout=15)
         self._server = None
@@ -124,9 +126,6 @@ def control_plane(transactional_db, settings, local_droplet, agent_firewall, scr
     server.start()
     yield server
     server.stop()
-    from gateway.proxy import close_db_threads
-
-    close_db_threads()
     forget_prices()
 
 

@@ -17,6 +17,8 @@ from typing import Any
 
 import orjson
 
+from agents.tools import function_name
+
 # Per-message framing tokens the providers add on top of the text (generous).
 MESSAGE_OVERHEAD_TOKENS = 8
 REQUEST_OVERHEAD_TOKENS = 16
@@ -32,8 +34,9 @@ class BadRequest(Exception):
 
 def tool_key(name: str) -> str:
     """The one spelling of a tool name: OpenAI's and Anthropic's names allow no
-    dots, so ``calendar.list_events`` is offered as ``calendar__list_events``."""
-    return name.replace(".", "__")
+    dots, so ``calendar.list_events`` is offered as ``calendar__list_events``
+    (the runtime's spelling, from the same function)."""
+    return function_name(name)
 
 
 @dataclass
