@@ -216,6 +216,7 @@ def deploy_agents(owner, droplet_env, port: int, count: int) -> list[tuple[objec
         defaults={
             "input_per_mtok": Decimal("0.15"),
             "cached_input_per_mtok": Decimal("0.075"),
+            "cache_write_5m_per_mtok": Decimal("0"),
             "output_per_mtok": Decimal("0.60"),
         },
     )

@@ -51,6 +51,7 @@ def main(count: int = 50) -> None:
             defaults={
                 "input_per_mtok": price,
                 "cached_input_per_mtok": price,
+                "cache_write_5m_per_mtok": price,
                 "output_per_mtok": price,
             },
         )

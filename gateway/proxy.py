@@ -24,6 +24,8 @@ import orjson
 from django.conf import settings
 from django.utils import timezone
 
+from agents.conversation_services import stop_run
+from agents.conversations import StopReason
 from agents.tokens import hash_token, looks_like_token
 from gateway.ledger import (
     AgentConfig,
@@ -254,11 +256,23 @@ async def admit(
     raise Refused(409, "The agent's settings keep changing; retry.")
 
 
+# Refusals that end the run: nothing the agent does within it can pass them again,
+# so the run stops here and its owner is told which limit (not a later timeout).
+RUN_ENDING_REFUSALS = {
+    "run_runtime": StopReason.MAX_RUNTIME,
+    "run_steps": StopReason.MAX_MODEL_STEPS,
+    "run_tools": StopReason.MAX_TOOL_CALLS,
+    "day_tools": StopReason.MAX_TOOL_CALLS_PER_DAY,
+}
+
+
 async def record_refusal(verdict, call: Call, refusal: Refusal) -> None:
     now = timezone.now()
     if verdict.run_id is not None:
         detail = {"limit": refusal.limit, "message": refusal.message, "model": call.model}
         await ledger().refusal_step(refusal_params(verdict.run_id, call.model, detail, now))
+        if stop_reason := RUN_ENDING_REFUSALS.get(verdict.code):
+            await in_db(stop_run, run_id=verdict.run_id, reason=stop_reason, detail=refusal.message)
     if refusal.pause_reason:
         from agents.models import Agent
 

@@ -117,6 +117,7 @@ def control_plane(transactional_db, settings, local_droplet, agent_firewall, scr
             defaults={
                 "input_per_mtok": Decimal("1"),
                 "cached_input_per_mtok": Decimal("1"),
+                "cache_write_5m_per_mtok": Decimal("1"),
                 "output_per_mtok": Decimal("1"),
             },
         )

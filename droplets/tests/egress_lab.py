@@ -223,15 +223,17 @@ def knock(address: str, port: str) -> None:
 
 
 def dial(address: str, port: str, source: str) -> None:
-    """Connect to ``address``:``port`` from ``source`` over and over; count what worked."""
-    _stop_on_sigterm()
+    """Connect to ``address``:``port`` from ``source`` over and over; count what worked.
+
+    It stops between two connections, never inside one: a stop raised just after a
+    connection was made would leave it out of the count the listener is compared with.
+    """
+    stopping = []
+    signal.signal(signal.SIGTERM, lambda signum, frame: stopping.append(signum))
     dialled = {"ok": 0, "failed": 0}
     print("ready", flush=True)
-    try:
-        while True:
-            _dial(dialled, address, int(port), source)
-    except Stop:
-        pass
+    while not stopping:
+        _dial(dialled, address, int(port), source)
     print(json.dumps(dialled))
 
 

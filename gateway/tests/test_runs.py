@@ -15,7 +15,7 @@ import openai
 import pytest
 from django.utils import timezone
 
-from agents.conversations import Run, RunStep, StepKind
+from agents.conversations import MessageRole, Run, RunStatus, RunStep, StepKind, StopReason
 from agents.models import Agent
 from gateway.models import UsageRecord
 from gateway.tests.fake_providers import Reply
@@ -67,6 +67,12 @@ def test_max_model_steps_per_run_holds_and_the_refusal_is_a_step(gateway, make_a
         client.chat.completions.create(model="gpt-test", messages=MESSAGES)
     refused = RunStep.objects.get(run=run, kind=StepKind.REFUSED)
     assert refused.detail["limit"] == "max_model_steps_per_run"
+    # Nothing in the run can pass that limit again: the run ends, and its owner is told.
+    run.refresh_from_db()
+    assert (run.status, run.stop_reason) == (RunStatus.STOPPED, StopReason.MAX_MODEL_STEPS)
+    [notice] = run.replies.all()
+    assert notice.role == MessageRole.SYSTEM
+    assert "limit of 2 model calls" in notice.content
 
 
 def test_no_header_starts_a_fresh_budget(gateway, make_agent):
