@@ -443,6 +443,12 @@ class PgLedger:
         params.pop("cursor_factory", None)
         params.pop("context", None)
         params["autocommit"] = True  # each statement is its own transaction
+        # Django turns prepared statements off (for transaction-pooling proxies), and
+        # psycopg then ignores ``prepare=True``: admission and settlement were parsed
+        # and planned on every call, about a millisecond each. Prepared, once per
+        # connection. A pooler in transaction mode in front of these pools would need
+        # this off again.
+        params["prepare_threshold"] = 0
         size = settings.GATEWAY_DB_POOL_SIZE
         self.lazy_pool = AsyncConnectionPool(  # commits without waiting for the disk
             kwargs={**params, "options": "-c synchronous_commit=off"},
