@@ -247,8 +247,10 @@ def stop_run(
     Returns False when the run had already ended (nothing changes).
     """
     with transaction.atomic():
+        # The run's row only: locking the agent's after it would invert the gateway's
+        # order (agent, then run) and deadlock with a call being admitted.
         run = (
-            Run.objects.select_for_update()
+            Run.objects.select_for_update(of=("self",))
             .select_related("agent")
             .filter(pk=run_id, status__in=RUN_OPEN)
             .first()

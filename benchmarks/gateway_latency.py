@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.deploy_latency import machine, percentile  # noqa: E402
 from benchmarks.gateway_targets import (  # noqa: E402
+    DATABASE,
     GATEWAY_WORKERS,
     LITELLM_VERSION,
     MODELS,
@@ -284,7 +285,7 @@ def main(argv: list[str] | None = None) -> None:
         targets = [direct]
         if "ours" in args.targets:
             print(
-                "==> starting our gateway (fresh PostgreSQL database gateway_bench, "
+                f"==> starting our gateway (fresh PostgreSQL database {DATABASE}, "
                 f"{args.clients} agents per provider)"
             )
             gateway = our_gateway(logs, upstream, args.providers, args.clients)

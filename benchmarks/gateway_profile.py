@@ -114,7 +114,7 @@ def profile(token: str, count: int) -> None:
             await settle()
 
         async def select_one() -> None:
-            async with db.admit_pool.connection() as conn:
+            async with db.lazy_pool.connection() as conn:
                 await conn.execute("SELECT 1", prepare=True)
 
         rows = [

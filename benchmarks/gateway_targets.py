@@ -3,7 +3,8 @@
 - the upstream stand-in (``benchmarks/upstream_standin.py`` under uvicorn);
 - our gateway: ``safer_claw.asgi`` under uvicorn as in production (DEBUG off, PostgreSQL
   database ``gateway_bench`` made and dropped here on the server at ``BENCH_POSTGRES_URL``,
-  default ``postgres://postgres@127.0.0.1:5432``; Redis db 7, flushed), with a running
+  default ``postgres://postgres@127.0.0.1:5432``; Redis db 7, flushed; the database and
+  Redis can be set apart with ``BENCH_GATEWAY_DATABASE`` and ``BENCH_REDIS_URL``), with a running
   agent per provider, caps no run reaches, prices, and a token;
 - LiteLLM's proxy, from its own virtualenv in ``.bench-venv/litellm`` (created on first
   use: its pins would clash with ours), with a generated config, no database.
@@ -36,9 +37,10 @@ ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = ROOT / ".venv" / "bin"
 LITELLM_VERSION = "1.108.7"  # newest whose [proxy] extra resolves from PyPI as of writing
 LITELLM_VENV = ROOT / ".bench-venv" / "litellm"
-DATABASE = "gateway_bench"
+# Its own database and Redis database: set them apart when benchmarks run side by side.
+DATABASE = os.environ.get("BENCH_GATEWAY_DATABASE", "gateway_bench")
 POSTGRES = os.environ.get("BENCH_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432")
-REDIS_URL = "redis://127.0.0.1:6379/7"
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/7")
 UPSTREAM_KEY = "sk-bench-upstream-provider-key"
 MODELS = {"openai": "gpt-4o-mini", "anthropic": "claude-haiku-4-5"}
 PATHS = {"openai": "/v1/chat/completions", "anthropic": "/v1/messages"}

@@ -422,18 +422,18 @@ class ThreadLedger:
 class PgLedger:
     """The ledger on the event loop: psycopg's AsyncConnection, one round trip a statement.
 
-    Statements commit without waiting for the WAL flush (``synchronous_commit
-    = off``): a disk's fsync on a shared machine costs more than the whole
-    latency budget, and a commit that waits for it holds the agent's row lock
-    meanwhile, so the agent's next admission would wait too. Their effects are
-    visible to every other call at once, so no cap can be passed. Settlement is
-    then made durable off the client's path and without holding any lock: a
-    second, empty transaction with an xid (``txid_current()``) commits with
-    ``synchronous_commit = on``, which flushes the WAL up to it, the settlement
-    (and every earlier admission) included. Only a crash of the database itself
-    within its WAL writer's delay could lose the last writes: a lost settlement
-    leaves its call pending (the sweeper charges it in full), a lost admission
-    leaves no trace.
+    Admission commits durably (``synchronous_commit = on``): the call goes
+    upstream only once its reservation and pending ledger row are on disk, so
+    no crash of the database can lose the trace of a call the provider will
+    bill. Everything else commits without waiting for the WAL flush
+    (``synchronous_commit = off``), so the agent's row lock is not held through
+    an fsync; its effects are visible to every other call at once, so no cap
+    can be passed. Settlement is then made durable off the client's path and
+    without holding any lock: a second, empty transaction with an xid
+    (``txid_current()``) commits durably, which flushes the WAL up to it, the
+    settlement included. A crash of the database before that flush can lose a
+    settlement, never an admission: the call's row is then pending again and the
+    sweeper charges its whole reservation (``metering.charge_unsettled_calls``).
     """
 
     def __init__(self) -> None:
@@ -443,16 +443,26 @@ class PgLedger:
         params.pop("cursor_factory", None)
         params.pop("context", None)
         params["autocommit"] = True  # each statement is its own transaction
+        # Django turns prepared statements off (for transaction-pooling proxies), and
+        # psycopg then ignores ``prepare=True``: admission and settlement were parsed
+        # and planned on every call, about a millisecond each. Prepared, once per
+        # connection. A pooler in transaction mode in front of these pools would need
+        # this off again.
+        params["prepare_threshold"] = 0
         size = settings.GATEWAY_DB_POOL_SIZE
-        self.admit_pool = AsyncConnectionPool(
+        self.lazy_pool = AsyncConnectionPool(  # commits without waiting for the disk
             kwargs={**params, "options": "-c synchronous_commit=off"},
+            min_size=1,
+            max_size=max(size // 2, 2),
+            open=False,
+            name="gateway-lazy",
+        )
+        self.durable_pool = AsyncConnectionPool(  # admissions, flushes: commits on disk
+            kwargs={**params, "options": "-c synchronous_commit=on"},
             min_size=1,
             max_size=size,
             open=False,
-            name="gateway-admit",
-        )
-        self.flush_pool = AsyncConnectionPool(
-            kwargs=params, min_size=1, max_size=max(size // 2, 2), open=False, name="gateway-flush"
+            name="gateway-durable",
         )
         self._opening: asyncio.Future | None = None
         self._flush_lock = asyncio.Lock()
@@ -463,11 +473,11 @@ class PgLedger:
     ) -> list[tuple]:
         if self._opening is None:
             self._opening = asyncio.ensure_future(
-                asyncio.gather(self.admit_pool.open(), self.flush_pool.open())
+                asyncio.gather(self.lazy_pool.open(), self.durable_pool.open())
             )
         await asyncio.shield(self._opening)
         sql = ledger_sql.POSTGRESQL_RAW[statement]
-        pool = self.flush_pool if durable else self.admit_pool
+        pool = self.durable_pool if durable else self.lazy_pool
         async with pool.connection() as conn:
             cursor = AsyncRawCursor(conn)
             await cursor.execute(sql.text, sql.args(params), prepare=True)
@@ -482,7 +492,8 @@ class PgLedger:
         return price_from_row(rows[0] if rows else None)
 
     async def admit(self, params: dict[str, Any]) -> Verdict | None:
-        rows = await self._rows("admit", params)
+        # Durable before it returns: the caller forwards the call next.
+        rows = await self._rows("admit", params, durable=True)
         return verdict_from_row(rows[0]) if rows else None
 
     async def settle(
@@ -512,7 +523,7 @@ class PgLedger:
 
     async def close(self) -> None:
         if self._opening is not None:
-            await asyncio.gather(self.admit_pool.close(), self.flush_pool.close())
+            await asyncio.gather(self.lazy_pool.close(), self.durable_pool.close())
 
 
 _ledgers: dict[asyncio.AbstractEventLoop, PgLedger | ThreadLedger] = {}

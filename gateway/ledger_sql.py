@@ -3,10 +3,12 @@
 Admission decides, under the agent's row lock (and the active run's), whether a
 call may go, and which limit binds if not (``VERDICT``: one CASE, the one place
 every limit is checked in order). On PostgreSQL admission is ONE statement:
-locking CTEs read the agent by its token and its active run (``FOR UPDATE``
-returns the latest committed rows, so concurrent calls see each other's
-reservations), the verdict is computed from them, and only an ``ok`` verdict
-reserves on the agent and the run and opens the ledger row. Settlement is one
+locking CTEs read the agent by its token and its active run (``FOR NO KEY
+UPDATE`` returns the latest committed rows, so concurrent calls see each other's
+reservations; it is the lock an UPDATE of the row takes, so a transaction that
+only inserts a row pointing at the agent or run, such as a run's reply, does not
+wait for it and cannot deadlock with it), the verdict is computed from them, and
+only an ``ok`` verdict reserves on the agent and the run and opens the ledger row. Settlement is one
 statement too: the ledger row (once: ``status = 'pending'``), the agent's
 counters, the run's counters and the run's step. SQLite (local runs) has no
 data-modifying CTEs, so there the same fragments run as steps of one IMMEDIATE
@@ -187,10 +189,10 @@ def _postgresql() -> Statements:
 WITH la AS MATERIALIZED (
     SELECT {LOCKED_AGENT}, {DERIVED} FROM {TOKEN} t JOIN {AGENT} a ON a.id = t.agent_id
     WHERE t.token_hash = %(hash)s AND t.revoked_at IS NULL
-    FOR UPDATE OF a
+    FOR NO KEY UPDATE OF a
 ), lr AS MATERIALIZED (
     SELECT {LOCKED_RUN} FROM {RUN} r WHERE r.agent_id = (SELECT id FROM la) AND r.status = 'active'
-    FOR UPDATE
+    FOR NO KEY UPDATE
 ), v AS MATERIALIZED (
     SELECT {verdict} FROM la AS a LEFT JOIN lr AS r ON true
 ), reserved AS (

@@ -4,9 +4,9 @@ Why not a Django view: Django's ASGI handler runs the middleware stack and hops
 to a thread for database work, which together cost more than the whole latency
 budget of a proxy. Here, on the event loop: the agent's token is checked before
 the body is read; the body is checked against the provider's allow-lists; ONE
-statement admits the call (gateway.ledger_sql); the call is forwarded with
-aiohttp (C-accelerated HTTP parsing, a pooled connector per loop); the answer
-goes back; and only then is the call settled, still durably (one statement),
+statement admits the call (gateway.ledger_sql), committed to disk before the call
+is forwarded with aiohttp (C-accelerated HTTP parsing, a pooled connector per
+loop); the answer goes back; and only then is the call settled, still durably (one statement),
 but off the client's path. A process that dies before settling leaves a pending
 ledger row that the sweeper charges in full.
 """

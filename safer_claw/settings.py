@@ -453,7 +453,8 @@ GATEWAY_UPSTREAM_TIMEOUT_SECONDS = env.float("GATEWAY_UPSTREAM_TIMEOUT_SECONDS",
 # Threads doing the gateway's database work where it cannot run on the event
 # loop (SQLite, pausing an agent), each with its own open connection.
 GATEWAY_DB_THREADS = env.int("GATEWAY_DB_THREADS", default=8)
-# PostgreSQL connections per gateway process (per uvicorn worker), on its event loop.
+# PostgreSQL connections per gateway process (per uvicorn worker), on its event loop:
+# up to this many for durable admissions, and half as many (at least 2) for the rest.
 GATEWAY_DB_POOL_SIZE = env.int("GATEWAY_DB_POOL_SIZE", default=10)
 GATEWAY_RESERVATION_TIMEOUT_MINUTES = env.int("GATEWAY_RESERVATION_TIMEOUT_MINUTES", default=15)
 

@@ -18,7 +18,8 @@ Like the real services, a request without an API key (``Authorization: Bearer`` 
 OpenAI; ``x-api-key`` or ``Authorization: Bearer`` for Anthropic), an Anthropic request
 without ``anthropic-version``, or a body that is not a valid request is refused in the
 provider's error shape and consumes no reply. Every request, refused or not, is recorded
-in ``fake.requests``.
+in ``fake.requests``. ``fake.on_request``, if set, is called with each request before it
+is answered: a test's look at the world at the moment the provider sees a call.
 
 The wire format (:func:`refuse`, :func:`render`, :func:`apply_faults`) is plain functions
 of the request and the reply, shared with the benchmark's upstream stand-in
@@ -35,7 +36,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -499,6 +500,7 @@ class FakeProviders:
 
     def __init__(self) -> None:
         self.requests: list[RecordedRequest] = []
+        self.on_request: Callable[[RecordedRequest], None] | None = None
         self._replies: deque[Reply] = deque()
         self._lock = threading.Lock()
         self.stopping = threading.Event()
@@ -538,6 +540,7 @@ class FakeProviders:
         with self._lock:
             self._replies.clear()
             self.requests.clear()
+            self.on_request = None
 
     def take_reply(self) -> Reply:
         with self._lock:
@@ -578,7 +581,10 @@ class _Handler(BaseHTTPRequestHandler):
             payload = json.loads(body) if body else None
         except ValueError:
             payload = None
-        fake.record(RecordedRequest(self.command, self.path, headers, payload, body))
+        request = RecordedRequest(self.command, self.path, headers, payload, body)
+        fake.record(request)
+        if fake.on_request is not None:
+            fake.on_request(request)
         planned = refuse(self.command, self.path, headers, body)
         reply = Reply()
         if planned is None:
