@@ -84,11 +84,13 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First: nothing below (sessions, CSRF, Host checks, views) sees input it must not.
+    "safer_claw.middleware.BoundaryMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "safer_claw.csp.ContentSecurityPolicyMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
-    "django.middleware.common.CommonMiddleware",
+    "safer_claw.middleware.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
@@ -254,6 +256,13 @@ REST_FRAMEWORK = {
         # The agents API, per user (agents.apis.AgentsRateThrottle).
         "agents": env.str("API_AGENTS_RATE", default="120/minute"),
     },
+    # JSON through safer_claw.boundary's reader; forms as DRF reads them (Django's
+    # form parsing refuses nothing, but the boundary middleware checked the query).
+    "DEFAULT_PARSER_CLASSES": [
+        "safer_claw.parsers.StrictJSONParser",
+        "rest_framework.parsers.FormParser",
+        "rest_framework.parsers.MultiPartParser",
+    ],
     "EXCEPTION_HANDLER": "safer_claw.api.exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
 }
