@@ -285,6 +285,11 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
     "SWAGGER_UI_SETTINGS": {"deepLinking": True, "validatorUrl": None},
     # Two "status" fields with different choices: name each set after its model.
+    # The statuses the input boundary answers before any view (safer_claw.schema).
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "safer_claw.schema.document_boundary_statuses",
+    ],
     "ENUM_NAME_OVERRIDES": {
         "AgentStatusEnum": "agents.models.AgentStatus",
         "RunStatusEnum": "agents.conversations.RunStatus",

@@ -1,10 +1,12 @@
 """The OpenAPI schema at /api/schema/, and schemathesis against every operation in it.
 
-Each operation gets a bounded, deterministic run of generated requests (valid
-and invalid) from an authenticated user, against the real WSGI app; the path's
-agent id is sometimes the user's own agent, sometimes another user's, sometimes
-random. No answer may be a 5xx, and every answer of the agents API must match
-the schema.
+Each operation gets a bounded run of generated requests per fixed seed, both
+data that fits the schema and data that does not, from an authenticated user,
+against the real WSGI app; the path's agent id is sometimes the user's own
+agent, sometimes another user's, sometimes random. No answer may be a 5xx;
+every answer must be a status the schema lists, in the documented shape; and
+data that breaks the schema must be refused (issue 15: the schema says what the
+API really does).
 """
 
 from __future__ import annotations
@@ -13,18 +15,23 @@ import pytest
 import schemathesis
 from django.core.cache import cache
 from django.core.handlers.wsgi import WSGIHandler
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given, seed, settings
+from hypothesis.errors import Unsatisfiable
 from knox.models import AuthToken
+from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
+    negative_data_rejection,
     response_schema_conformance,
     status_code_conformance,
 )
 
 from agents.services import create_agent
 
-EXAMPLES_PER_OPERATION = 40
+EXAMPLES_PER_OPERATION = 6  # per seed and mode: 3 seeds x 2 modes x 6 per operation
+SEEDS = (15, 4242, 271828)
+CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance]
 
 
 @pytest.mark.django_db
@@ -45,6 +52,24 @@ def test_the_schema_documents_every_agent_endpoint(client):
         assert path in paths
     assert set(paths["/api/agents/{agent_id}/"]) == {"get", "delete"}
     assert client.get("/api/docs/").status_code == 200
+
+
+@pytest.mark.django_db
+def test_the_schema_lists_what_the_api_really_answers(client):
+    import re
+
+    schema = client.get("/api/schema/", headers={"Accept": "application/json"}).json()
+    paths = schema["paths"]
+    # Every operation can meet the input boundary's 400; a body also its 415.
+    assert "400" in paths["/api/agents/{agent_id}/logs"]["get"]["responses"]
+    assert "415" in paths["/api/agents/"]["post"]["responses"]
+    for path in ("/api/auth/tokens/", "/api/auth/tokens/current/"):
+        for operation in paths[path].values():
+            assert {"401", "403"} <= set(operation["responses"]), path
+    # A cap below zero is refused by the API, so the schema does not offer one.
+    cap = schema["components"]["schemas"]["NewAgent"]["properties"]["monthly_cost_cap"]
+    assert re.fullmatch(cap["pattern"], "12.50")
+    assert not re.fullmatch(cap["pattern"], "-5")
 
 
 # Transactional: each WSGI request ends with Django closing its database
@@ -73,22 +98,32 @@ def test_no_generated_request_gets_a_server_error(alice, bob):
 
 
 def _fuzz(operation, headers: dict[str, str], ids: list[str]) -> None:
-    checks = [not_a_server_error]
-    if operation.path.startswith("/api/agents/"):
-        # Ours also answer only what the schema documents, in the documented shape.
-        checks += [status_code_conformance, content_type_conformance, response_schema_conformance]
+    for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+        checks = [*CHECKS, response_schema_conformance]
+        if mode is GenerationMode.NEGATIVE:
+            checks.append(negative_data_rejection)
+        for fixed in SEEDS:
+            try:
+                _run(operation, mode, fixed, headers, ids, checks)
+            except Unsatisfiable:
+                # Nothing to break: an operation without parameters or body.
+                assert mode is GenerationMode.NEGATIVE
+                break
 
+
+def _run(operation, mode, fixed: int, headers, ids: list[str], checks) -> None:
+    @seed(fixed)
     @settings(
         max_examples=EXAMPLES_PER_OPERATION,
-        derandomize=True,
         database=None,
         deadline=None,
         suppress_health_check=list(HealthCheck),
     )
-    @given(case=operation.as_strategy())
+    @given(case=operation.as_strategy(generation_mode=mode))
     def run(case) -> None:
         cache.clear()  # the per-user throttle would answer 429 to most of the run
-        if "agent_id" in (case.path_parameters or {}):
+        # (Negative cases keep theirs: a valid id would undo the path's negation.)
+        if mode is GenerationMode.POSITIVE and "agent_id" in (case.path_parameters or {}):
             generated = str(case.path_parameters["agent_id"])
             # Own agent, another user's, or the generated (unknown) id, in turn.
             choice = sum(map(ord, generated)) % 3
