@@ -20,6 +20,7 @@ from hypothesis.errors import Unsatisfiable
 from knox.models import AuthToken
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
+from schemathesis.core.parameters import ParameterLocation
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
     negative_data_rejection,
@@ -122,8 +123,7 @@ def _run(operation, mode, fixed: int, headers, ids: list[str], checks) -> None:
     @given(case=operation.as_strategy(generation_mode=mode))
     def run(case) -> None:
         cache.clear()  # the per-user throttle would answer 429 to most of the run
-        # (Negative cases keep theirs: a valid id would undo the path's negation.)
-        if mode is GenerationMode.POSITIVE and "agent_id" in (case.path_parameters or {}):
+        if _path_is_valid(case) and "agent_id" in (case.path_parameters or {}):
             generated = str(case.path_parameters["agent_id"])
             # Own agent, another user's, or the generated (unknown) id, in turn.
             choice = sum(map(ord, generated)) % 3
@@ -132,3 +132,10 @@ def _run(operation, mode, fixed: int, headers, ids: list[str], checks) -> None:
         case.call_and_validate(headers=headers, checks=checks)
 
     run()
+
+
+def _path_is_valid(case) -> bool:
+    """Whether the case's path was generated valid (a negated one keeps its id: a real
+    one would undo the negation)."""
+    path = case.meta.components.get(ParameterLocation.PATH) if case.meta else None
+    return path is None or path.mode is GenerationMode.POSITIVE
