@@ -35,6 +35,38 @@ BOUNDARY = {"400": "Malformed request (path, query, headers or body)."}
 WITH_BODY = {"415": "The body's content type is not accepted."}
 
 
+def _link(operation_id: str, **parameters: str) -> dict[str, Any]:
+    return {"operationId": operation_id, "parameters": parameters}
+
+
+AGENT_FROM_BODY = {"agent_id": "$response.body#/id"}
+SCHEDULE_FROM_BODY = {"agent_id": "$request.path.agent_id", "schedule_id": "$response.body#/id"}
+# What a created resource leads to (OpenAPI links): readers see the flow, and
+# stateful fuzzing follows it (create, then read, change, delete what was made).
+LINKS = {
+    ("/api/agents/", "post"): {
+        "GetAgent": _link("agents_retrieve", **AGENT_FROM_BODY),
+        "GetStatus": _link("agents_status_retrieve", **AGENT_FROM_BODY),
+        "GetMessages": _link("agents_messages_retrieve", **AGENT_FROM_BODY),
+        "DeleteAgent": _link("agents_destroy", **AGENT_FROM_BODY),
+    },
+    ("/api/agents/{agent_id}/schedules", "post"): {
+        "GetSchedule": _link("agents_schedules_retrieve", **SCHEDULE_FROM_BODY),
+        "ChangeSchedule": _link("agents_schedules_partial_update", **SCHEDULE_FROM_BODY),
+        "DeleteSchedule": _link("agents_schedules_destroy", **SCHEDULE_FROM_BODY),
+    },
+}
+
+
+def link_created_resources(result: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+    """POSTPROCESSING_HOOKS entry: OpenAPI links from a 201 to what it created."""
+    for (path, method), links in LINKS.items():
+        created = result["paths"].get(path, {}).get(method, {}).get("responses", {}).get("201")
+        if created is not None:
+            created["links"] = links
+    return result
+
+
 def document_boundary_statuses(result: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
     """POSTPROCESSING_HOOKS entry: add the boundary's statuses to every operation."""
     for operations in result.get("paths", {}).values():

@@ -26,6 +26,7 @@ from schemathesis.specs.openapi.checks import (
     negative_data_rejection,
     response_schema_conformance,
     status_code_conformance,
+    use_after_free,
 )
 
 from agents.services import create_agent
@@ -123,7 +124,7 @@ def _run(operation, mode, fixed: int, headers, ids: list[str], checks) -> None:
     @given(case=operation.as_strategy(generation_mode=mode))
     def run(case) -> None:
         cache.clear()  # the per-user throttle would answer 429 to most of the run
-        if _path_is_valid(case) and "agent_id" in (case.path_parameters or {}):
+        if _is_valid(case, ParameterLocation.PATH) and "agent_id" in (case.path_parameters or {}):
             generated = str(case.path_parameters["agent_id"])
             # Own agent, another user's, or the generated (unknown) id, in turn.
             choice = sum(map(ord, generated)) % 3
@@ -134,8 +135,64 @@ def _run(operation, mode, fixed: int, headers, ids: list[str], checks) -> None:
     run()
 
 
-def _path_is_valid(case) -> bool:
-    """Whether the case's path was generated valid (a negated one keeps its id: a real
-    one would undo the negation)."""
-    path = case.meta.components.get(ParameterLocation.PATH) if case.meta else None
-    return path is None or path.mode is GenerationMode.POSITIVE
+def _is_valid(case, location: ParameterLocation) -> bool:
+    """Whether that part of the case was generated valid (a negated one keeps what it
+    has: a real agent id, say, would undo the negation)."""
+    part = case.meta.components.get(location) if case.meta else None
+    return part is None or part.mode is GenerationMode.POSITIVE
+
+
+STATEFUL_SEEDS = (15, 4242)
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("fixed", STATEFUL_SEEDS)
+def test_linked_operations_hold_together(alice, fixed):
+    """Stateful: follow the schema's links (a created schedule is read, changed and
+    deleted) with every check, on one of the user's agents."""
+    own = create_agent(owner=alice, name="mine", provider_key="sk-test-provider-key")
+    _, token = AuthToken.objects.create(alice)
+    headers = {"Authorization": f"Token {token}"}
+    schema = schemathesis.openapi.from_wsgi("/api/schema/", WSGIHandler())
+    operations = [result.ok() for result in schema.get_all_operations()]
+    created = [operation.definition.raw["responses"].get("201", {}) for operation in operations]
+    links = {link for response in created for link in response.get("links", {})}
+    assert {"GetSchedule", "ChangeSchedule", "DeleteSchedule", "GetAgent"} <= links
+    # The schedules: they link (create, then read, change, delete) and touch no droplet.
+    base = schema.include(path_regex=r"/schedules").as_state_machine()
+    steps: list[tuple[str, int]] = []
+
+    class Scenario(base):
+        def before_call(self, case) -> None:
+            cache.clear()  # the per-user throttle
+            parameters = case.path_parameters or {}
+            # A linked schedule's agent is already right; others get the user's agent.
+            if _is_valid(case, ParameterLocation.PATH) and "schedule_id" not in parameters:
+                parameters["agent_id"] = str(own.id)
+            body = case.body if isinstance(case.body, dict) else {}
+            if _is_valid(case, ParameterLocation.BODY) and "cron" in body:
+                body["cron"] = "30 7 * * 1-5"  # random text is almost never a valid cron
+
+        def after_call(self, response, case) -> None:
+            steps.append((case.operation.label, response.status_code))
+
+        def get_call_kwargs(self, case) -> dict:
+            return {"headers": headers}
+
+        def validate_response(self, response, case, additional_checks=None, **kwargs) -> None:
+            checks = [*CHECKS, response_schema_conformance, use_after_free]
+            case.validate_response(response, checks=checks, transport_kwargs=kwargs)
+
+    seed(fixed)(Scenario)  # hypothesis reads the seed off the state machine class
+    Scenario.run(
+        settings=settings(
+            max_examples=10,
+            stateful_step_count=6,
+            database=None,
+            deadline=None,
+            suppress_health_check=list(HealthCheck),
+        )
+    )
+    # The links were followed: a schedule was created, then reached through its link.
+    assert ("POST /api/agents/{agent_id}/schedules", 201) in steps
+    assert [label for label, status in steps if "{schedule_id}" in label and status < 300]
