@@ -7,6 +7,8 @@ thinking about it:
 - text (a path, a query parameter, a cookie, a JSON string or key) holds no NUL
   (PostgreSQL's text and jsonb cannot store one) and no lone surrogate (it
   cannot be encoded as UTF-8, so it breaks the first write or log line);
+- a whole number in a path segment or a query value fits a 64-bit integer
+  column (SQLite raised OverflowError on a larger one, and no id is larger);
 - a header value is printable ASCII (or a tab): nothing downstream reads
   anything else, and the agent's own headers go upstream;
 - a JSON body nests at most ``MAX_DEPTH`` levels (deeper bodies end in
@@ -36,6 +38,8 @@ _BAD_HEADER_BYTES = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f-\xff]")
 _BAD_TEXT = re.compile("[\x00\ud800-\udfff]")
 # A JSON text can hold a NUL only as this escape (a raw control byte is invalid JSON).
 _ESCAPED_NUL = b"\\u0000"
+_WHOLE_NUMBER = re.compile(r"[+-]?[0-9]+")
+MAX_ID = 2**63 - 1
 
 
 class BadInput(ValueError):
@@ -95,6 +99,22 @@ def _walk(value: Any, *, look_for_nul: bool) -> None:
             raise BadInput(f"'{path or 'body'}' is out of range (±2^53).", path or "body")
 
 
+def check_whole_number(value: str, where: str) -> None:
+    """Refuse text that is a whole number beyond a 64-bit column (an id, a count)."""
+    if len(value) < 19 or not _WHOLE_NUMBER.fullmatch(value):
+        return
+    digits = value.lstrip("+-").lstrip("0")
+    # Compared as text first: int() refuses over 4300 digits.
+    if len(digits) > 19 or int(digits or "0") > MAX_ID:
+        raise BadInput(f"'{where}' is out of range.", where)
+
+
+def check_path(path: str) -> None:
+    check_text(path, "path")
+    for segment in path.split("/"):
+        check_whole_number(segment, "path")
+
+
 def check_headers(headers: Iterable[tuple[bytes, bytes]]) -> None:
     """Refuse a header value that is not printable ASCII (raw ASGI headers)."""
     for name, value in headers:
@@ -107,12 +127,13 @@ def check_query(pairs: Iterable[tuple[str, str]]) -> None:
     for key, value in pairs:
         check_text(key, "query")
         check_text(value, f"query parameter {key[:40]}")
+        check_whole_number(value, f"query parameter {key[:40]}")
 
 
 def scope_problem(scope: Mapping[str, Any]) -> BadInput | None:
     """What is wrong with an ASGI HTTP request's path, query or headers, if anything."""
     try:
-        check_text(scope["path"], "path")
+        check_path(scope["path"])
         query = scope.get("query_string", b"").decode("latin-1")
         check_query(parse_qsl(query, keep_blank_values=True, errors="surrogateescape"))
         check_headers(scope.get("headers", ()))

@@ -37,7 +37,7 @@ class BoundaryMiddleware:
 def request_problem(request: HttpRequest) -> str | None:
     """What is wrong with the request, in words, or None."""
     try:
-        boundary.check_text(request.path, "path")
+        boundary.check_path(request.path)
         boundary.check_query(_query_pairs(request))
         boundary.check_headers(_raw_headers(request))
     except boundary.BadInput as exc:

@@ -464,3 +464,16 @@ def test_huge_and_non_ascii_headers_are_refused_by_every_family(gateway, make_ag
         response = httpx.post(f"{gateway}{path}", content=b"{}", headers=huge)
         assert 400 <= response.status_code < 500, path
     assert not UsageRecord.objects.exists()
+
+
+def test_a_whole_number_past_64_bits_in_a_path_or_query_is_refused(alice, admin_client, agent):
+    """No id is that large; SQLite raised OverflowError on one (an admin filter, an id)."""
+    huge = "9" * 25
+    client = token_client(alice)
+    api_error(client.get(f"/api/agents/{agent.pk}/schedules/{huge}"), 400)
+    api_error(client.get(f"/api/agents/{agent.pk}/messages?before={huge}"), 400)
+    api_error(client.get(f"/api/agents/{agent.pk}/messages?before=1{'0' * 5000}"), 400)
+    assert admin_client.get(f"/admin/billing/plan/?id={huge}").status_code == 400
+    assert admin_client.get(f"/admin/billing/plan/{huge}/change/").status_code == 400
+    # Within range still reaches the view (and is simply not found).
+    api_error(client.get(f"/api/agents/{agent.pk}/schedules/{2**63 - 1}"), 404)
