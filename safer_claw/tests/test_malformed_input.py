@@ -477,3 +477,37 @@ def test_a_whole_number_past_64_bits_in_a_path_or_query_is_refused(alice, admin_
     assert admin_client.get(f"/admin/billing/plan/{huge}/change/").status_code == 400
     # Within range still reaches the view (and is simply not found).
     api_error(client.get(f"/api/agents/{agent.pk}/schedules/{2**63 - 1}"), 404)
+
+
+def test_wrong_content_types_and_types_are_refused_in_each_shape(alice, agent):
+    from agents.tokens import issue_agent_token
+
+    token = issue_agent_token(agent=agent)
+    form = "arguments=1&x=%00"
+    agent_api = Client(headers={"Authorization": f"Bearer {token}"})
+    response = agent_api.post(
+        "/agent-api/v1/tools/web_search", form, "application/x-www-form-urlencoded"
+    )
+    assert api_error(response, 400)["code"] == "invalid_json"
+    assert stripe_post_raw(form, "application/x-www-form-urlencoded").status_code == 400
+    kill_body = form.encode()
+    response = Client().post(
+        f"/webhooks/agent-kill/{agent.pk}",
+        kill_body,
+        content_type="application/x-www-form-urlencoded",
+        headers=kill_headers(str(agent.pk), kill_body),
+    )
+    assert api_error(response, 400)["code"] == "invalid_body"
+    client = token_client(alice)
+    for body in ({"name": ["x"], "plan": "Basic"}, {"name": {"a": 1}}, {"plan": 5, "name": None}):
+        api_error(client.post("/api/agents/", body, content_type="application/json"), 400)
+    api_error(client.post("/api/agents/", b"\xff\xfe", content_type="application/json"), 400)
+
+
+def stripe_post_raw(payload: str, content_type: str):
+    return Client().post(
+        "/webhooks/stripe",
+        data=payload,
+        content_type=content_type,
+        headers={"Stripe-Signature": stripe_sign(payload, STRIPE_SECRET)},
+    )
