@@ -10,7 +10,6 @@ a revocation (the kill switch) refuses the very next call.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import time
 from collections.abc import Callable
 from typing import Any
@@ -22,7 +21,6 @@ from django.db.models import Q
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
-from django.views.decorators.http import require_GET, require_POST
 from rest_framework import serializers
 
 from agents import inbox_wakeups
@@ -38,7 +36,8 @@ from agents.conversations import Message, Run, StopReason
 from agents.models import Agent, AgentStatus, AIProvider
 from agents.tokens import token_agent
 from agents.tools import TOOL_NAME, Tool, ToolRefused, call_tool, offered_tools
-from safer_claw.api import error_response
+from safer_claw import boundary
+from safer_claw.api import error_response, method_not_allowed, only_methods
 
 MAX_BODY_BYTES = 256 * 1024
 # Writes to last_activity_at at most this often per agent: polls are frequent.
@@ -68,13 +67,13 @@ def _json_body(request: HttpRequest) -> Any:
     if len(request.body) > MAX_BODY_BYTES:
         return error_response(413, "too_large", f"The body is over {MAX_BODY_BYTES} bytes.")
     try:
-        return json.loads(request.body or b"null")
-    except ValueError:
-        return error_response(400, "invalid_json", "The body is not valid JSON.")
+        return boundary.loads(request.body or b"null")
+    except boundary.BadInput as exc:
+        return error_response(400, "invalid_json", exc.message)
 
 
 @csrf_exempt  # token-authenticated, never a browser session
-@require_POST
+@only_methods("POST")
 def heartbeat(request: HttpRequest) -> HttpResponse:
     agent = token_agent(_bearer(request))
     if agent is None:
@@ -126,7 +125,7 @@ def _handout(agent: Agent) -> dict[str, Any] | JsonResponse | None:
 async def inbox(request: HttpRequest) -> HttpResponse:
     """Long poll: the run to work on (200), or 204 when nothing came within ``wait`` s."""
     if request.method != "GET":
-        return error_response(405, "method_not_allowed", "Use GET.")
+        return method_not_allowed("GET")
     try:
         wait = float(request.GET.get("wait", settings.AGENT_INBOX_WAIT_SECONDS))
     except ValueError:
@@ -226,7 +225,7 @@ class ReplySerializer(serializers.Serializer):
 
 
 @csrf_exempt
-@require_POST
+@only_methods("POST")
 def reply(request: HttpRequest, run_id: Any) -> HttpResponse:
     agent = token_agent(_bearer(request))
     if agent is None:
@@ -260,7 +259,7 @@ def reply(request: HttpRequest, run_id: Any) -> HttpResponse:
 # --- Tools --------------------------------------------------------------------------------------
 
 
-@require_GET
+@only_methods("GET")
 def tools(request: HttpRequest) -> HttpResponse:
     agent = token_agent(_bearer(request))
     if agent is None:
@@ -269,7 +268,7 @@ def tools(request: HttpRequest) -> HttpResponse:
 
 
 @csrf_exempt
-@require_POST
+@only_methods("POST")
 def tool_call(request: HttpRequest, name: str) -> HttpResponse:
     """One tool call; the result is data from outside, so it is marked untrusted."""
     agent = token_agent(_bearer(request))

@@ -450,6 +450,13 @@ class PlainTextRenderer(BaseRenderer):
 class AgentLogsApi(AgentApi):
     renderer_classes = [JSONRenderer, PlainTextRenderer]
 
+    def handle_exception(self, exc: Exception) -> Response:
+        # An error is JSON, as everywhere in the API, even when text was asked for
+        # (?format=txt, Accept: text/plain): only the logs themselves are text.
+        self.request.accepted_renderer = JSONRenderer()
+        self.request.accepted_media_type = JSONRenderer.media_type
+        return super().handle_exception(exc)
+
     class InputSerializer(serializers.Serializer):
         tail = serializers.IntegerField(min_value=0, max_value=10_000, default=100)
         follow = serializers.BooleanField(default=False)

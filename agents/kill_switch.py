@@ -29,7 +29,6 @@ import datetime as dt
 import hashlib
 import hmac
 import ipaddress
-import json
 import logging
 import re
 import secrets
@@ -59,6 +58,7 @@ from droplets.containers import remove_container, stop_container
 from droplets.docker_client import DropletError, DropletUnreachable
 from droplets.models import DropletStatus
 from droplets.services import record_droplet_failure
+from safer_claw import boundary
 from safer_claw.api import error_body
 from safer_claw.encryption import DecryptionError
 
@@ -506,8 +506,8 @@ def _parse_action(body: bytes, agent_pk: uuid.UUID, *, must_name_agent: bool) ->
     data: Any = {}
     if body.strip():
         try:
-            data = json.loads(body)
-        except ValueError:
+            data = boundary.loads(body)
+        except boundary.BadInput:
             data = None
     if not isinstance(data, dict):
         raise KillRefused(400, "invalid_body", "The body must be a JSON object.", agent_pk=agent_pk)

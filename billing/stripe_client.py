@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,9 +20,16 @@ from typing import Any
 import stripe
 from django.conf import settings
 
+from safer_claw import boundary
+
 # Stripe's own default: a signature older than this is refused. We refuse one
 # dated this far in the future too, which the library does not.
 WEBHOOK_TOLERANCE_SECONDS = 300
+# Stripe's header: "t=<unix seconds>,v1=<hex>[,v1=<hex>…][,v0=<hex>]". Anything else
+# is refused before the library reads it.
+_SIGNATURE_HEADER = re.compile(r"t=([0-9]{1,12})(,[a-z0-9]{1,8}=[0-9A-Za-z]{1,128}){1,8}")
+# The latest second a datetime can hold: a later `created` cannot be stored.
+_MAX_CREATED = 253402300799
 NETWORK_RETRIES = 2  # with Stripe's idempotency keys, so a retried POST is not repeated
 
 # Errors that come back the same however often the call is made.
@@ -184,6 +192,15 @@ def verify_webhook(payload: bytes, signature: str | None) -> dict[str, Any]:
     secret = settings.STRIPE_WEBHOOK_SECRET
     if not secret:
         raise WebhookRejected("Stripe webhooks are not configured here")
+    header = _SIGNATURE_HEADER.fullmatch(signature or "")
+    if header is None:
+        raise WebhookRejected("signature check failed: malformed Stripe-Signature header")
+    try:
+        # Our reader first: the library's would recurse into any depth.
+        if not isinstance(boundary.loads(payload), dict):
+            raise WebhookRejected("the body is not a Stripe event")
+    except boundary.BadInput as exc:
+        raise WebhookRejected(f"the body is not a Stripe event: {exc.message}") from exc
     try:
         event = stripe.Webhook.construct_event(
             payload, signature, secret, tolerance=WEBHOOK_TOLERANCE_SECONDS
@@ -192,18 +209,17 @@ def verify_webhook(payload: bytes, signature: str | None) -> dict[str, Any]:
         raise WebhookRejected(f"signature check failed: {exc.user_message or exc}") from exc
     except ValueError as exc:  # not UTF-8, not JSON, or not a snapshot event
         raise WebhookRejected("the body is not a Stripe event") from exc
-    _refuse_future_timestamp(signature or "")
+    _refuse_future_timestamp(int(header.group(1)))
     data = event.to_dict()
     if not _looks_like_event(data):
         raise WebhookRejected("the body is not a Stripe event")
     return data
 
 
-def _refuse_future_timestamp(header: str) -> None:
+def _refuse_future_timestamp(timestamp: int) -> None:
     # The library checks only that a signature is not too old, so a signature
     # dated ahead would stay replayable for that long after it was made.
-    timestamps = [item[2:] for item in header.split(",") if item.startswith("t=")]
-    if int(timestamps[0]) > time.time() + WEBHOOK_TOLERANCE_SECONDS:
+    if timestamp > time.time() + WEBHOOK_TOLERANCE_SECONDS:
         raise WebhookRejected("signature check failed: timestamp is in the future")
 
 
@@ -213,5 +229,6 @@ def _looks_like_event(data: dict[str, Any]) -> bool:
         and data["id"].startswith("evt_")
         and isinstance(data.get("type"), str)
         and isinstance(data.get("created"), int)
+        and 0 <= data["created"] <= _MAX_CREATED
         and isinstance((data.get("data") or {}).get("object"), dict)
     )

@@ -9,7 +9,7 @@ from django.views.decorators.csrf import csrf_exempt
 
 from billing.events import receive_event
 from billing.stripe_client import WebhookRejected, verify_webhook
-from safer_claw.api import error_response
+from safer_claw.api import error_response, method_not_allowed
 
 logger = logging.getLogger(__name__)
 # Stripe's events are a few KiB; this leaves room for large invoices and no
@@ -20,7 +20,7 @@ MAX_BODY_BYTES = 256 * 1024
 @csrf_exempt
 def stripe_webhook(request: HttpRequest) -> HttpResponse:
     if request.method != "POST":
-        return error_response(405, "method_not_allowed", "POST only.")
+        return method_not_allowed("POST")
     declared = request.META.get("CONTENT_LENGTH") or "0"
     if not declared.isdigit() or int(declared) > MAX_BODY_BYTES:
         return error_response(413, "too_large", f"Bodies over {MAX_BODY_BYTES} bytes are refused.")

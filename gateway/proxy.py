@@ -42,6 +42,7 @@ from gateway.ledger import (
 from gateway.metering import Price, Refusal, pause_for_cap, pause_if_at_cap, refusal_for
 from gateway.models import UsageStatus
 from gateway.providers import ANTHROPIC, OPENAI, BadRequest, Call, Provider, StreamMeter
+from safer_claw import boundary
 
 logger = logging.getLogger(__name__)
 
@@ -147,6 +148,15 @@ async def application(scope: dict, receive, send) -> None:
         return
 
 
+async def refuse_bad_input(scope: dict, send, message: str) -> None:
+    """A request safer_claw.boundary refused (path, query, headers), in the provider's shape."""
+    provider = ROUTES.get(scope["path"].rstrip("/"))
+    if provider is None:
+        await respond_json(send, 400, {"error": {"code": "bad_request", "message": message}})
+    else:
+        await refuse(send, provider, 400, message)
+
+
 async def handle(scope: dict, receive, send, provider: Provider) -> None:
     started = time.perf_counter()
     headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
@@ -204,9 +214,9 @@ async def admit(
     """Check the body, then admit and reserve in one statement; raise Refused if not."""
     for _ in range(3):
         try:
-            payload = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:  # also a body nested too deep
-            raise Refused(400, "Request body is not valid JSON.") from exc
+            payload = boundary.loads(raw)
+        except boundary.BadInput as exc:  # not JSON, too deep, a NUL, a huge number
+            raise Refused(400, exc.message, exc.where) from exc
         if not isinstance(payload, dict):
             raise Refused(400, "Request body must be a JSON object.")
         call = provider.prepare(

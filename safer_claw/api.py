@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Any
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
-from django.http import Http404, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from rest_framework import exceptions
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
@@ -18,6 +20,27 @@ def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
 def error_response(status: int, code: str, message: str, **extra: Any) -> JsonResponse:
     """A JSON error outside DRF (plain Django views, webhooks, error handlers)."""
     return JsonResponse(error_body(code, message, **extra), status=status)
+
+
+def method_not_allowed(*allowed: str) -> JsonResponse:
+    response = error_response(405, "method_not_allowed", f"Use {' or '.join(allowed)}.")
+    response["Allow"] = ", ".join(allowed)
+    return response
+
+
+def only_methods(*allowed: str) -> Callable:
+    """Like Django's require_http_methods, but the 405 is JSON (with Allow)."""
+
+    def decorate(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+        @functools.wraps(view)
+        def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+            if request.method not in allowed:
+                return method_not_allowed(*allowed)
+            return view(request, *args, **kwargs)
+
+        return wrapped
+
+    return decorate
 
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:

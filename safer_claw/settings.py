@@ -84,11 +84,13 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First: nothing below (sessions, CSRF, Host checks, views) sees input it must not.
+    "safer_claw.middleware.BoundaryMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "safer_claw.csp.ContentSecurityPolicyMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
-    "django.middleware.common.CommonMiddleware",
+    "safer_claw.middleware.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
@@ -254,6 +256,13 @@ REST_FRAMEWORK = {
         # The agents API, per user (agents.apis.AgentsRateThrottle).
         "agents": env.str("API_AGENTS_RATE", default="120/minute"),
     },
+    # JSON through safer_claw.boundary's reader; forms as DRF reads them (Django's
+    # form parsing refuses nothing, but the boundary middleware checked the query).
+    "DEFAULT_PARSER_CLASSES": [
+        "safer_claw.parsers.StrictJSONParser",
+        "rest_framework.parsers.FormParser",
+        "rest_framework.parsers.MultiPartParser",
+    ],
     "EXCEPTION_HANDLER": "safer_claw.api.exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
 }
@@ -276,6 +285,12 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
     "SWAGGER_UI_SETTINGS": {"deepLinking": True, "validatorUrl": None},
     # Two "status" fields with different choices: name each set after its model.
+    # The statuses the input boundary answers before any view (safer_claw.schema).
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "safer_claw.schema.document_boundary_statuses",
+        "safer_claw.schema.link_created_resources",
+    ],
     "ENUM_NAME_OVERRIDES": {
         "AgentStatusEnum": "agents.models.AgentStatus",
         "RunStatusEnum": "agents.conversations.RunStatus",
