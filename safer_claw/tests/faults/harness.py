@@ -283,3 +283,76 @@ def manage(env: dict[str, str], *args: str, timeout: float = 300) -> str:
     if done.returncode:
         raise AssertionError(f"manage.py {' '.join(args)} failed:\n{done.stderr[-4000:]}")
     return done.stdout
+
+
+class OwnEngine:
+    """A dockerd of the test's own (data root, exec root, pidfile, socket, no
+    bridge of the host's, no iptables rules), which a test may restart.
+
+    Its image is the shared test image with a command that keeps running
+    (``sleep``): agents' containers then live until stopped, and nothing needs
+    a registry. The shared engine is only read (``docker save``).
+    """
+
+    IMAGE = "saferclaw/faults-sleeper:test"
+
+    def __init__(self) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="sc-faults-dockerd-"))
+        self.socket = self.root / "docker.sock"
+        self.pidfile = self.root / "docker.pid"
+        self.url = f"unix://{self.socket}"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        log = (self.root / "dockerd.log").open("ab")
+        self.process = subprocess.Popen(
+            [
+                *("dockerd", "--data-root", str(self.root / "data")),
+                *("--exec-root", str(self.root / "exec"), "--pidfile", str(self.pidfile)),
+                *("-H", self.url, "--bridge", "none", "--iptables=false", "--ip-masq=false"),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        wait_until(self._answers, what="the fault suite's dockerd to answer", seconds=90)
+
+    def _answers(self) -> bool:
+        return self.docker("version", "--format", "{{.Server.Version}}").returncode == 0
+
+    def docker(self, *args: str, stdin=None) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            ["docker", "-H", self.url, *args], stdin=stdin, capture_output=True, timeout=300
+        )
+
+    def load_image(self, shared_url: str, base: str) -> str:
+        """``base`` copied from the shared engine, with a command that keeps running."""
+        save = subprocess.Popen(["docker", "-H", shared_url, "save", base], stdout=subprocess.PIPE)
+        loaded = self.docker("load", stdin=save.stdout)
+        save.wait(timeout=300)
+        assert loaded.returncode == 0, loaded.stderr
+        context = self.root / "image"
+        context.mkdir(exist_ok=True)
+        (context / "Dockerfile").write_text(f'FROM {base}\nCMD ["/bin/sleep", "100000"]\n')
+        built = self.docker("build", "-q", "-t", self.IMAGE, str(context))
+        assert built.returncode == 0, built.stderr
+        return self.IMAGE
+
+    def stop(self) -> None:
+        """SIGTERM, as a restart of the service does; its containers are stopped."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=60)
+        self.process = None
+
+    def destroy(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.docker("rm", "-f", *self._containers())
+            self.docker("network", "prune", "-f")
+        self.stop()
+        subprocess.run(["umount", "-R", str(self.root / "data")], capture_output=True)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def _containers(self) -> list[str]:
+        listed = self.docker("ps", "-aq")
+        return listed.stdout.decode().split() or ["none"]

@@ -30,6 +30,7 @@ from agents.tests.factories import paid
 from billing.tasks import deploy_paid_agent
 from droplets.models import Droplet
 from safer_claw.celery import app
+from safer_claw.tests.faults.conftest import ours
 from safer_claw.tests.faults.harness import (
     PYTHON,
     RedisServer,
@@ -83,11 +84,10 @@ def provisioning_agent(alice) -> Agent:
     return agent
 
 
-def assert_deployed_once(agent: Agent, droplet: Droplet, engines) -> None:
+def assert_deployed_once(agent: Agent, droplet: Droplet, client) -> None:
     agent.refresh_from_db()
     assert agent.status == AgentStatus.RUNNING
-    ours = engines["d1"].containers.list(all=True, filters={"label": f"saferclaw.agent={agent.pk}"})
-    assert [c.id for c in ours] == [agent.container_id]
+    assert ours(client, agent) == [agent.container_id]
     droplet.refresh_from_db()
     assert droplet.active_container_count == 1
     assert AgentEvent.objects.filter(agent=agent, to_status=AgentStatus.RUNNING).count() == 1
@@ -116,7 +116,7 @@ def broker(tmp_path):
 
 
 def test_a_worker_killed_mid_deploy_runs_the_task_again_and_deploys_once(
-    transactional_db, alice, local_droplet, droplet_env, engines, broker, tmp_path
+    transactional_db, alice, own_droplet, own_engine, own_docker, broker, tmp_path
 ):
     server, queue = broker
     agent = provisioning_agent(alice)
@@ -124,7 +124,7 @@ def test_a_worker_killed_mid_deploy_runs_the_task_again_and_deploys_once(
         service_env(
             database_url=run_database_url(),
             redis_url=server.url,
-            RUNTIME_IMAGE=droplet_env["SAFERCLAW_RUNTIME_IMAGE"],
+            RUNTIME_IMAGE=own_engine.IMAGE,
         ),
         tmp_path / "worker.log",
         queue=queue,
@@ -144,18 +144,18 @@ def test_a_worker_killed_mid_deploy_runs_the_task_again_and_deploys_once(
         assert worker_child(worker) != first_child
     finally:
         worker.stop()
-    assert_deployed_once(agent, local_droplet, engines)
+    assert_deployed_once(agent, own_droplet, own_docker)
 
 
 def test_a_deploy_command_killed_mid_deploy_is_finished_by_reconciliation(
-    transactional_db, alice, local_droplet, droplet_env, engines, tmp_path, settings
+    transactional_db, alice, own_droplet, own_engine, own_docker, tmp_path, settings
 ):
     agent = provisioning_agent(alice)
     command = Service(
         [PYTHON, "manage.py", "deploy_agent", str(agent.pk)],
         service_env(
             database_url=run_database_url(),
-            RUNTIME_IMAGE=droplet_env["SAFERCLAW_RUNTIME_IMAGE"],
+            RUNTIME_IMAGE=own_engine.IMAGE,
             with_static=False,
         ),
         tmp_path / "deploy.log",
@@ -167,13 +167,13 @@ def test_a_deploy_command_killed_mid_deploy_is_finished_by_reconciliation(
     agent.refresh_from_db()
     assert (agent.status, agent.droplet_id, agent.container_id) == (
         AgentStatus.PROVISIONING,
-        local_droplet.pk,
+        own_droplet.pk,
         "",
     )
 
     # Beat's reconciliation (tasks run inline here: eager mode).
     connection.close()  # this test's session holds no lease either way
-    repairs = reconcile_droplet(local_droplet)
+    repairs = reconcile_droplet(own_droplet)
 
     assert repairs.redeployed == [str(agent.pk)]
-    assert_deployed_once(agent, local_droplet, engines)
+    assert_deployed_once(agent, own_droplet, own_docker)

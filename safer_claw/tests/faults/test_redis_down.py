@@ -28,6 +28,7 @@ from safer_claw.accounts.services import mint_api_token
 from safer_claw.accounts.tests.factories import PASSWORD
 from safer_claw.accounts.tests.test_login_throttle import attempt
 from safer_claw.celery import app
+from safer_claw.tests.faults.conftest import ours
 from safer_claw.tests.faults.harness import (
     RedisServer,
     celery_worker,
@@ -62,7 +63,7 @@ def own_redis(tmp_path, settings):
 
 
 def test_redis_down_sign_in_api_and_a_payment_still_work(
-    own_redis, transactional_db, alice, stripe_api, local_droplet, droplet_env, tmp_path, engines
+    own_redis, transactional_db, alice, stripe_api, own_droplet, own_engine, own_docker, tmp_path
 ):
     server, queue = own_redis
     plan = PlanFactory(name="Basic", stripe_price_id="price_starter")
@@ -102,7 +103,7 @@ def test_redis_down_sign_in_api_and_a_payment_still_work(
         service_env(
             database_url=run_database_url(),
             redis_url=server.url,
-            RUNTIME_IMAGE=droplet_env["SAFERCLAW_RUNTIME_IMAGE"],
+            RUNTIME_IMAGE=own_engine.IMAGE,
         ),
         tmp_path / "worker.log",
         queue=queue,
@@ -120,8 +121,7 @@ def test_redis_down_sign_in_api_and_a_payment_still_work(
         worker.stop()
 
     agent.refresh_from_db()
-    containers = engines["d1"].containers.list(filters={"label": f"saferclaw.agent={agent.pk}"})
-    assert [c.id for c in containers] == [agent.container_id]
+    assert ours(own_docker, agent) == [agent.container_id]
     assert AgentEvent.objects.filter(agent=agent, to_status=AgentStatus.RUNNING).count() == 1
     assert not OutboxTask.objects.exists()
     # The cache is on Redis again.
