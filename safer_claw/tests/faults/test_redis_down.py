@@ -52,7 +52,6 @@ def own_redis(tmp_path, settings):
     saved = {k: app.conf[k] for k in ("broker_url", "task_always_eager", "task_default_queue")}
     queue = f"faults-{uuid.uuid4().hex[:8]}"
     app.conf.update(broker_url=server.url, task_always_eager=False, task_default_queue=queue)
-    app.pool.force_close_all()
     app._pool = None  # the producer pool was made for the previous broker
     try:
         yield server, queue
