@@ -30,6 +30,8 @@ def own_docker(own_engine):
     """A client of the fault suite's engine; its agent containers removed after."""
     client = docker.DockerClient(base_url=own_engine.url)
     yield client
+    if own_engine.process is None:  # a test that stopped it failed before starting it
+        own_engine.start()
     for container in client.containers.list(all=True, filters={"label": "saferclaw.agent"}):
         container.remove(force=True)
     client.close()
