@@ -22,9 +22,7 @@ from safer_claw.tests.faults.conftest import ours
 pytestmark = [pytest.mark.faults, pytest.mark.docker]
 
 
-def test_agents_run_again_after_their_engine_restarts(
-    alice, own_droplet, own_engine, own_docker
-):
+def test_agents_run_again_after_their_engine_restarts(alice, own_droplet, own_engine, own_docker):
     agents = [
         deploy_agent(agent=paid(create_agent(owner=alice, name=f"a{n}", provider_key="sk-test")))
         for n in range(2)
