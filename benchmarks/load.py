@@ -219,7 +219,11 @@ def show(label: str, sample: dict[str, float]) -> None:
 async def drive(base: str, tokens: list[str], args, server_pid: int) -> Stats:
     stats = Stats()
     stop = asyncio.Event()
-    limits = httpx.Limits(max_connections=len(tokens) * 2 + args.gateway_clients + 16)
+    # Idle connections are dropped before uvicorn's 5 s keep-alive ends, or a
+    # heartbeat sent on one the server is closing fails with no fault of its own.
+    limits = httpx.Limits(
+        max_connections=len(tokens) * 2 + args.gateway_clients + 16, keepalive_expiry=3
+    )
     async with httpx.AsyncClient(base_url=base, timeout=60, limits=limits) as client:
         tasks = [asyncio.create_task(agent_loop(client, t, stats, stop)) for t in tokens]
         tasks += [
