@@ -10,8 +10,8 @@ the agents placed there, and drift is repaired:
 - a running agent that nothing pays for any more (``billing_active`` off) is
   paused and its container stopped: the backstop of the paid-only rule;
 - a labelled container that no live agent owns is removed;
-- a deployment that died half-way (a slot held, no container, for too long)
-  is marked `failed`;
+- a deployment that died half-way (a slot held, no container, its deployer's
+  lease free) is cleaned up and, if the agent is paid for, deployed again;
 - the droplet's container count is recomputed from the agents that hold a slot.
 
 Every repair writes an AgentEvent or a DropletEvent.
@@ -23,11 +23,11 @@ import datetime as dt
 import logging
 from dataclasses import dataclass, field
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from agents.models import Agent, AgentStatus
-from agents.services import HOLDS_SLOT, _free_slot
+from agents.services import HOLDS_SLOT, _free_slot, deploy_lease, take_over_dead_deploy
 from agents.tokens import revoke_agent_tokens
 from droplets.containers import (
     ContainerSummary,
@@ -53,6 +53,7 @@ class Repairs:
     stopped: list[str] = field(default_factory=list)
     paused_unpaid: list[str] = field(default_factory=list)
     removed_orphans: list[str] = field(default_factory=list)
+    redeployed: list[str] = field(default_factory=list)
     count_fixed: tuple[int, int] | None = None
 
 
@@ -78,8 +79,8 @@ def reconcile_droplet(droplet: Droplet) -> Repairs:
 
 def _reconcile_agent(agent: Agent, container: ContainerSummary | None, repairs: Repairs) -> None:
     if agent.status == S.PROVISIONING:
-        if not agent.container_id and agent.updated_at < timezone.now() - STALLED_DEPLOY_AFTER:
-            _fail(agent, "deploy did not finish (the deploying process stopped)", repairs)
+        if not agent.container_id:
+            _finish_dead_deploy(agent, repairs)
         return
     if container is None:
         if agent.status == S.RUNNING:
@@ -97,6 +98,28 @@ def _reconcile_agent(agent: Agent, container: ContainerSummary | None, repairs: 
         stop_container(agent.droplet, container.id)
         repairs.stopped.append(str(agent.id))
         logger.info("reconcile: stopped the container of %s agent %s", agent.status, agent.id)
+
+
+def _finish_dead_deploy(agent: Agent, repairs: Repairs) -> None:
+    """A provisioning agent holds a slot but has no container. If its deployer
+    died (its lease is free: see agents.services.deploy_lease), what it left is
+    cleaned up and a paid agent is deployed again; an unpaid one is failed."""
+    with deploy_lease(agent.pk) as free:
+        if not free or connection.vendor != "postgresql":
+            # Alive (or, without leases, unknowable until it is long overdue).
+            if free and agent.updated_at < timezone.now() - STALLED_DEPLOY_AFTER:
+                _fail(agent, "deploy did not finish (the deploying process stopped)", repairs)
+            return
+        agent.refresh_from_db()
+        if not take_over_dead_deploy(agent):
+            return
+    if agent.billing_active:
+        from billing.services import enqueue_deploy  # billing builds on agents
+
+        enqueue_deploy(agent)
+        repairs.redeployed.append(str(agent.id))
+    else:
+        _fail(agent, "deploy did not finish, and nothing pays for it any more", repairs)
 
 
 def _why_it_died(droplet: Droplet, container_id: str) -> str:

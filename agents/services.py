@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import logging
 import secrets
 import socket
+import uuid
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 
 from agents.models import (
     ALLOWED_TRANSITIONS,
@@ -33,6 +36,8 @@ from droplets.docker_client import DropletError, DropletUnreachable
 from droplets.models import Droplet
 from droplets.placement import NoCapacity, release_slot, select_droplet_for_new_container
 from droplets.services import record_droplet_failure
+
+logger = logging.getLogger(__name__)
 
 
 @transaction.atomic
@@ -69,6 +74,7 @@ def create_agent(
 S = AgentStatus
 # Agents whose container (existing or being made) holds a slot on their droplet.
 HOLDS_SLOT = (S.PROVISIONING, S.RUNNING, S.STOPPED, S.PAUSED, S.KILLED)
+LEASE_KEY_MASK = (1 << 63) - 1  # advisory lock keys are signed 64-bit
 
 
 class DeployFailed(Exception):
@@ -79,12 +85,16 @@ class DeployFailed(Exception):
         self.permanent = permanent
 
 
+def container_name_for(agent: Agent) -> str:
+    return f"saferclaw-agent-{agent.id}"
+
+
 def container_spec_for(agent: Agent, *, droplet: Droplet, token: str) -> ContainerSpec:
     """The container an agent runs in. Its environment holds no long-lived secret:
     only its own revocable token and where the control plane is."""
     control_plane = droplet.control_plane_url or settings.CONTROL_PLANE_URL
     return ContainerSpec(
-        name=f"saferclaw-agent-{agent.id}",
+        name=container_name_for(agent),
         image=settings.RUNTIME_IMAGE,
         environment={"AGENT_TOKEN": token, "CONTROL_PLANE_URL": control_plane},
         extra_hosts=_pinned_host(control_plane),
@@ -139,9 +149,15 @@ def deploy_agent(
     PaymentRequired when nothing pays for the agent (before anything is placed,
     or, if its payment lapsed meanwhile, once its new container is removed).
     """
-    agent.refresh_from_db()
-    if agent.status == S.RUNNING:
-        return agent
+    with deploy_lease(agent.pk) as ours:
+        agent.refresh_from_db()
+        if not ours or agent.status == S.RUNNING:
+            return agent  # deployed, or being deployed by a process that is alive
+        take_over_dead_deploy(agent)
+        return _deploy(agent, actor=actor, source=source, mark_failed=mark_failed)
+
+
+def _deploy(agent: Agent, *, actor: Any, source: str, mark_failed: bool) -> Agent:
     agent.transition(S.PROVISIONING, actor=actor, source=source, reason="deploying")
     tried: set = set()
     unreachable = ""  # the last droplet that did not answer, for the reason shown
@@ -189,6 +205,45 @@ def deploy_agent(
             if isinstance(exc, PaymentRequired):
                 raise
         return agent
+
+
+@contextlib.contextmanager
+def deploy_lease(agent_id: Any) -> Iterator[bool]:
+    """Whether this process may deploy the agent: held for the whole deploy.
+
+    On PostgreSQL it is a session advisory lock, which the database releases
+    when the holder's connection ends, so a deployer killed mid-way (kill -9,
+    a worker's child lost) leaves it free at once: whoever takes it next knows
+    that a slot held with no container is a dead deploy's, and finishes it.
+    Elsewhere (SQLite, local runs) it is always granted.
+    """
+    if connection.vendor != "postgresql":
+        yield True
+        return
+    key = uuid.UUID(str(agent_id)).int & LEASE_KEY_MASK
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_lock(%s)", [key])
+        ours = cursor.fetchone()[0]
+    try:
+        yield ours
+    finally:
+        if ours:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_unlock(%s)", [key])
+
+
+def take_over_dead_deploy(agent: Agent) -> bool:
+    """With the agent's deploy lease held: if a deploy died after taking a slot
+    (provisioning, a droplet, no container id), remove whatever container it
+    may have made and give the slot back, so deploying again starts clean.
+    Returns whether there was one."""
+    if not (agent.status == S.PROVISIONING and agent.droplet_id and not agent.container_id):
+        return False
+    logger.warning("agent %s: a deploy died after taking a slot; finishing it", agent.pk)
+    remove_container(agent.droplet, container_name_for(agent))
+    revoke_agent_tokens(agent=agent)
+    _free_slot(agent, agent.droplet_id)
+    return True
 
 
 def _reserve_and_claim(agent: Agent, *, exclude: set) -> Droplet | None:

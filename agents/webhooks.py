@@ -44,6 +44,7 @@ from agents.kill_switch import (
     start_kill_call,
 )
 from safer_claw.api import error_body
+from safer_claw.views import DATABASE_DOWN
 
 PATH_PREFIX = "/webhooks/agent-kill/"
 # Revocations are short (two queries) and each thread keeps its connection.
@@ -104,8 +105,14 @@ async def agent_kill_asgi(scope: dict, receive: Callable, send: Callable) -> Non
         body=body,
         source_ip=client[0],
     )
-    started = await _in_fast_thread(start_kill_call, call)
-    result = await sync_to_async(_finish, thread_sensitive=False)(started)
+    try:
+        started = await _in_fast_thread(start_kill_call, call)
+        result = await sync_to_async(_finish, thread_sensitive=False)(started)
+    except DATABASE_DOWN:
+        # Without the database no signature can be recorded: nothing was done.
+        result = KillCallResult(
+            503, error_body("service_unavailable", "The database is unavailable; retry shortly.")
+        )
     await _respond(send, result)
 
 

@@ -13,6 +13,7 @@ from agents.services import DeployFailed, delete_agent, deploy_agent, pause_agen
 from billing.models import Subscription
 from billing.services import (
     deploy_retry_delay,
+    flush_outbox,
     report_deploy_failure,
     requeue_stalled_deploys,
     stop_billing,
@@ -23,6 +24,7 @@ from droplets.docker_client import DropletError
 logger = logging.getLogger(__name__)
 S = AgentStatus
 TEAR_DOWN_MAX_RETRIES = 8
+LEASE_WAIT_SECONDS, LEASE_WAITS = 5, 60
 
 
 @shared_task(bind=True, acks_late=True, ignore_result=True)
@@ -39,9 +41,10 @@ def deploy_paid_agent(self: Task, agent_id: str) -> None:
         return
     final = self.request.retries >= settings.DEPLOY_MAX_RETRIES
     try:
-        deploy_agent(agent=agent, source="billing", mark_failed=final)
+        agent = deploy_agent(agent=agent, source="billing", mark_failed=final)
     except InvalidTransition as exc:
         logger.info("deploy of agent %s stopped: %s", agent_id, exc)
+        return
     except DeployFailed as exc:
         if not (final or exc.permanent):
             logger.warning("deploy of agent %s failed, will retry: %s", agent_id, exc)
@@ -51,12 +54,24 @@ def deploy_paid_agent(self: Task, agent_id: str) -> None:
                 max_retries=settings.DEPLOY_MAX_RETRIES,
             ) from exc
         report_deploy_failure(agent=agent, reason=str(exc))
+        return
+    if agent.status == S.PROVISIONING:
+        # Another deployer holds the agent's lease: it may be alive, or be a
+        # killed one whose database session has not ended yet. Look again soon;
+        # once the lease is free this task finishes what a dead one left.
+        raise self.retry(countdown=LEASE_WAIT_SECONDS, max_retries=LEASE_WAITS)
 
 
 @shared_task(ignore_result=True)
 def requeue_stalled_paid_deploys() -> None:
     """Beat: paid agents whose deploy was lost on the way are deployed after all."""
     requeue_stalled_deploys()
+
+
+@shared_task(ignore_result=True)
+def send_outbox() -> None:
+    """Beat: send the tasks the broker could not take when they were decided."""
+    flush_outbox()
 
 
 @shared_task(ignore_result=True)

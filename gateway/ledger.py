@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+import psycopg
 from django.conf import settings
 from django.db import connection, connections, transaction
 from psycopg import AsyncRawCursor
@@ -27,6 +28,9 @@ from agents.models import Agent
 from gateway import ledger_sql
 from gateway.metering import Price
 from gateway.providers import Call, Usage, tool_key
+
+# How long a call waits for a database connection before it is answered 503.
+POOL_TIMEOUT_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -456,6 +460,7 @@ class PgLedger:
             max_size=max(size // 2, 2),
             open=False,
             name="gateway-lazy",
+            timeout=POOL_TIMEOUT_SECONDS,
         )
         self.durable_pool = AsyncConnectionPool(  # admissions, flushes: commits on disk
             kwargs={**params, "options": "-c synchronous_commit=on"},
@@ -463,7 +468,9 @@ class PgLedger:
             max_size=size,
             open=False,
             name="gateway-durable",
+            timeout=POOL_TIMEOUT_SECONDS,
         )
+        self._checking: set[asyncio.Task] = set()
         self._opening: asyncio.Future | None = None
         self._flush_lock = asyncio.Lock()
         self._settled = self._durable = 0  # settlements committed, and known on disk
@@ -478,10 +485,25 @@ class PgLedger:
         await asyncio.shield(self._opening)
         sql = ledger_sql.POSTGRESQL_RAW[statement]
         pool = self.durable_pool if durable else self.lazy_pool
-        async with pool.connection() as conn:
-            cursor = AsyncRawCursor(conn)
-            await cursor.execute(sql.text, sql.args(params), prepare=True)
-            return await cursor.fetchall()
+        try:
+            async with pool.connection() as conn:
+                cursor = AsyncRawCursor(conn)
+                await cursor.execute(sql.text, sql.args(params), prepare=True)
+                return await cursor.fetchall()
+        except psycopg.OperationalError:
+            self._check_soon(pool)
+            raise
+
+    def _check_soon(self, pool) -> None:
+        """PostgreSQL went away (a restart): test every idle connection now and
+        drop the dead ones, so each does not fail a call of its own afterwards.
+        Connections are not checked on the way out of the pool: that would cost
+        every call a round trip."""
+        if any(task.get_name() == pool.name for task in self._checking):
+            return
+        task = asyncio.get_running_loop().create_task(pool.check(), name=pool.name)
+        self._checking.add(task)
+        task.add_done_callback(self._checking.discard)
 
     async def config(self, token_hash: str) -> AgentConfig | None:
         rows = await self._rows("config", {"hash": token_hash})

@@ -134,19 +134,26 @@ else:
     # A pool, not persistent connections: under ASGI each request's database
     # work runs in a thread of its own, which would otherwise connect anew.
     DATABASES["default"]["CONN_MAX_AGE"] = 0
-    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+    # Checked when taken from the pool: after PostgreSQL restarts, the pool's
+    # dead connections are replaced instead of failing one request each.
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+    options = DATABASES["default"].setdefault("OPTIONS", {})
+    options.setdefault("connect_timeout", 3)
+    options["pool"] = {
         "min_size": env.int("DATABASE_POOL_MIN", default=2),
         "max_size": env.int("DATABASE_POOL_MAX", default=30),
-        "timeout": 10,
+        # While the database is away a request waits this long for a connection,
+        # then answers 503 (safer_claw.views.database_unavailable).
+        "timeout": env.float("DATABASE_POOL_TIMEOUT", default=5),
     }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Redis, cache and Celery ------------------------------------------------------
 REDIS_URL = env.str("REDIS_URL", default="")
 if REDIS_URL:
-    CACHES = {
-        "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}
-    }
+    # Redis while it answers, this process's memory while it does not
+    # (safer_claw/cache.py): sign-in and the API never depend on Redis.
+    CACHES = {"default": {"BACKEND": "safer_claw.cache.FailoverCache", "LOCATION": REDIS_URL}}
     CELERY_BROKER_URL = REDIS_URL
     CELERY_RESULT_BACKEND = REDIS_URL
 else:
@@ -182,6 +189,7 @@ CELERY_BEAT_SCHEDULE = {
         "task": "gateway.tasks.resume_agents_below_caps",
         "schedule": 300.0,
     },
+    "send-outbox": {"task": "billing.tasks.send_outbox", "schedule": 15.0},
     "requeue-stalled-deploys": {
         "task": "billing.tasks.requeue_stalled_paid_deploys",
         "schedule": 300.0,
@@ -338,7 +346,7 @@ CONTENT_SECURITY_POLICY = {
 
 # --- Static files ------------------------------------------------------------------------
 STATIC_URL = "static/"
-STATIC_ROOT = BASE_DIR / "staticfiles"
+STATIC_ROOT = env.str("STATIC_ROOT", default=str(BASE_DIR / "staticfiles"))
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},

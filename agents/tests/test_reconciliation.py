@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import re
 import threading
 import uuid
 
 import pytest
 from django.db import connection
-from django.utils import timezone
 
 from agents.models import Agent, AgentStatus
 from agents.reconciliation import UNPAID_REASON, reconcile_droplet
-from agents.services import DeployFailed, create_agent, deploy_agent
+from agents.services import (
+    LEASE_KEY_MASK,
+    DeployFailed,
+    container_name_for,
+    create_agent,
+    deploy_agent,
+)
 from agents.tasks import reconcile_agents
 from agents.tests.factories import paid
 from droplets.containers import ContainerSpec, container_state, run_container
@@ -177,14 +181,62 @@ def agent_image() -> str:
     return settings.RUNTIME_IMAGE
 
 
-@pytest.mark.django_db
-def test_stalled_deploy_is_failed_and_its_slot_freed(alice, local_droplet):
-    agent = paid(create_agent(owner=alice, name="stalled", provider_key="sk-test"))
+def half_deployed(alice, droplet, *, name: str, paid_for: bool = True) -> Agent:
+    """What a deployer killed after taking the slot leaves: provisioning, a droplet,
+    no container id (and, here, the container it had just made)."""
+    agent = create_agent(owner=alice, name=name, provider_key="sk-test")
+    agent = paid(agent)
     agent.transition(S.PROVISIONING)
-    Droplet.objects.filter(pk=local_droplet.pk).update(active_container_count=1)
-    Agent.objects.filter(pk=agent.pk).update(
-        droplet=local_droplet, updated_at=timezone.now() - dt.timedelta(hours=1)
+    Droplet.objects.filter(pk=droplet.pk).update(active_container_count=1)
+    Agent.objects.filter(pk=agent.pk).update(droplet=droplet, billing_active=paid_for)
+    run_container(
+        droplet,
+        ContainerSpec(
+            name=container_name_for(agent),
+            image=agent_image(),
+            labels={"saferclaw.agent": str(agent.id)},
+        ),
     )
+    return agent
+
+
+def lease_holder(agent: Agent):
+    """Another live session holding the agent's deploy lease (a deploy under way)."""
+    import psycopg
+
+    db = connection.settings_dict
+    conn = psycopg.connect(
+        host=db["HOST"] or "127.0.0.1",
+        port=db["PORT"] or 5432,
+        user=db["USER"],
+        dbname=db["NAME"],
+        autocommit=True,
+    )
+    conn.execute("SELECT pg_advisory_lock(%s)", [agent.pk.int & LEASE_KEY_MASK])
+    return conn
+
+
+@pytest.mark.django_db
+def test_a_dead_deploy_of_a_paid_agent_is_finished(
+    alice, local_droplet, engines, django_capture_on_commit_callbacks
+):
+    agent = half_deployed(alice, local_droplet, name="half")
+
+    with django_capture_on_commit_callbacks(execute=True):
+        repairs = reconcile_droplet(local_droplet)
+
+    assert repairs.redeployed == [str(agent.id)]
+    agent.refresh_from_db()
+    assert agent.status == S.RUNNING
+    ours = engines["d1"].containers.list(all=True, filters={"label": f"saferclaw.agent={agent.pk}"})
+    assert [c.id for c in ours] == [agent.container_id]  # the stray one went first
+    local_droplet.refresh_from_db()
+    assert local_droplet.active_container_count == 1
+
+
+@pytest.mark.django_db
+def test_a_dead_deploy_of_an_unpaid_agent_is_failed_and_its_slot_freed(alice, local_droplet):
+    agent = half_deployed(alice, local_droplet, name="unpaid", paid_for=False)
 
     reconcile_droplet(local_droplet)
 
@@ -192,6 +244,21 @@ def test_stalled_deploy_is_failed_and_its_slot_freed(alice, local_droplet):
     assert agent.status == S.FAILED
     local_droplet.refresh_from_db()
     assert local_droplet.active_container_count == 0
+
+
+@pytest.mark.django_db
+def test_a_deploy_whose_deployer_is_alive_is_left_alone(alice, local_droplet):
+    agent = half_deployed(alice, local_droplet, name="alive")
+    holder = lease_holder(agent)
+    try:
+        repairs = reconcile_droplet(local_droplet)
+    finally:
+        holder.close()
+
+    assert repairs.redeployed == []
+    assert repairs.failed == []
+    agent.refresh_from_db()
+    assert (agent.status, agent.droplet_id) == (S.PROVISIONING, local_droplet.pk)
 
 
 @pytest.mark.django_db

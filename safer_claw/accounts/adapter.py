@@ -3,6 +3,7 @@ settings, failed logins are counted per client and account, MFA secrets are seal
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +18,18 @@ from django.utils.encoding import force_str
 
 from safer_claw.accounts import mfa_secrets
 from safer_claw.accounts.tasks import send_email_message
+
+logger = logging.getLogger(__name__)
+
+
+def _queue_or_send(payload: dict[str, Any]) -> None:
+    """Through Celery; with the broker down, sent from here rather than lost
+    (the confirmation link must reach the person signing up)."""
+    try:
+        send_email_message.delay(**payload)
+    except Exception as exc:  # any broker failure
+        logger.warning("broker did not take an account email (%s): sending it directly", exc)
+        send_email_message(**payload)
 
 
 @dataclass(frozen=True)
@@ -52,7 +65,7 @@ class AccountAdapter(DefaultAccountAdapter):
             "alternatives": [list(alt) for alt in getattr(message, "alternatives", [])],
         }
         # After commit: the worker must find the user (and the confirmation) saved.
-        transaction.on_commit(lambda: send_email_message.delay(**payload))
+        transaction.on_commit(lambda: _queue_or_send(payload))
 
     def format_email_subject(self, subject: str) -> str:
         return f"[{settings.SITE_NAME}] {force_str(subject)}"

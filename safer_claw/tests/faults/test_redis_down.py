@@ -1,0 +1,128 @@
+"""Fault: Redis (cache, rate limits and Celery's broker) goes away.
+
+A Redis server of the test's own is the cache and the broker; it is killed.
+Sign-in (with its throttle still counting), the API, the dashboard and the
+Stripe webhook keep answering; a payment made meanwhile is kept in the outbox
+and, once Redis is back, a real Celery worker deploys the agent on a real
+engine, once.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+
+import pytest
+import redis
+from django.core.cache import caches
+from django.test import Client
+from django.urls import reverse
+
+from agents.models import Agent, AgentEvent, AgentStatus
+from billing.models import OutboxTask
+from billing.services import flush_outbox
+from billing.tests.factories import PlanFactory
+from billing.tests.fake_stripe import fake_stripe_fixture, stripe_api_fixture  # noqa: F401
+from billing.tests.helpers import checkout, post_event
+from safer_claw.accounts.services import mint_api_token
+from safer_claw.accounts.tests.factories import PASSWORD
+from safer_claw.accounts.tests.test_login_throttle import attempt
+from safer_claw.celery import app
+from safer_claw.tests.faults.conftest import ours
+from safer_claw.tests.faults.harness import (
+    RedisServer,
+    celery_worker,
+    run_database_url,
+    service_env,
+    wait_until,
+)
+
+pytestmark = [pytest.mark.faults, pytest.mark.docker, pytest.mark.worker]
+NOW = dt.timedelta(0)  # flush every outbox row, however young
+
+
+@pytest.fixture
+def own_redis(tmp_path, settings):
+    """The test's Redis as this process's cache and broker (tasks really queued)."""
+    server = RedisServer(tmp_path)
+    server.start()
+    settings.CACHES = {
+        "default": {"BACKEND": "safer_claw.cache.FailoverCache", "LOCATION": server.url}
+    }
+    saved = {k: app.conf[k] for k in ("broker_url", "task_always_eager", "task_default_queue")}
+    queue = f"faults-{uuid.uuid4().hex[:8]}"
+    app.conf.update(broker_url=server.url, task_always_eager=False, task_default_queue=queue)
+    app._pool = None  # the producer pool was made for the previous broker
+    try:
+        yield server, queue
+    finally:
+        app.conf.update(saved)
+        app._pool = None
+        server.kill()
+
+
+def test_redis_down_sign_in_api_and_a_payment_still_work(
+    own_redis, transactional_db, alice, stripe_api, own_droplet, own_engine, own_docker, tmp_path
+):
+    server, queue = own_redis
+    plan = PlanFactory(name="Basic", stripe_price_id="price_starter")
+    _, api_token = mint_api_token(user=alice)
+    caches["default"].set("probe", 1)
+    assert redis.Redis.from_url(server.url).dbsize() == 1  # the cache is Redis
+
+    server.kill()
+
+    # Sign-in: wrong passwords are still throttled (in this process's memory),
+    # the owner still signs in from another address.
+    attacker = Client(REMOTE_ADDR="203.0.113.66")
+    assert [attempt(attacker, alice.email, f"guess-{n}") for n in range(7)] == (
+        ["wrong"] * 5 + ["throttled"] * 2
+    )
+    owner = Client(REMOTE_ADDR="198.51.100.7")
+    assert attempt(owner, alice.email, PASSWORD) == "in"
+    assert owner.get(reverse("dashboard:home")).status_code == 200
+    api = Client(HTTP_AUTHORIZATION=f"Token {api_token}")
+    assert api.get("/api/agents/").status_code == 200
+
+    # A payment arrives: answered 200, and the deploy waits in the outbox.
+    subscription = checkout(alice, plan)
+    response = post_event(
+        Client(), stripe_api.complete_checkout(subscription.stripe_checkout_session_id)
+    )
+    assert response.status_code == 200
+    agent = Agent.objects.get(pk=subscription.agent_id)
+    assert agent.status == AgentStatus.PROVISIONING
+    assert list(OutboxTask.objects.values_list("task", "args")) == [
+        ("billing.tasks.deploy_paid_agent", [str(agent.pk)])
+    ]
+
+    # Redis comes back (same port, empty), with a worker; beat's flush sends the task.
+    server.start()
+    worker = celery_worker(
+        service_env(
+            database_url=run_database_url(),
+            redis_url=server.url,
+            RUNTIME_IMAGE=own_engine.IMAGE,
+        ),
+        tmp_path / "worker.log",
+        queue=queue,
+    ).start()
+    try:
+        assert flush_outbox(older_than=NOW) == 1
+        wait_until(
+            lambda: Agent.objects.get(pk=agent.pk).status == AgentStatus.RUNNING,
+            what=f"the agent to run; worker said:\n{worker.output()}",
+            seconds=120,
+        )
+        # Flushing again (a second beat) sends nothing: the row went with the send.
+        assert flush_outbox(older_than=NOW) == 0
+    finally:
+        worker.stop()
+
+    agent.refresh_from_db()
+    assert ours(own_docker, agent) == [agent.container_id]
+    assert AgentEvent.objects.filter(agent=agent, to_status=AgentStatus.RUNNING).count() == 1
+    assert not OutboxTask.objects.exists()
+    # The cache is on Redis again.
+    caches["default"].set("probe-after", 1)
+    assert redis.Redis.from_url(server.url).exists(":1:probe-after")
