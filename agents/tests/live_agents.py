@@ -173,15 +173,20 @@ def wait_for(predicate: Callable[[], Any], *, timeout: float, what: str, every: 
 
 
 def deploy_live_agent(
-    owner_user, *, name: str = "live", provider: str = "openai", **limits: Any
+    owner_user,
+    *,
+    name: str = "live",
+    provider: str = "openai",
+    tools: tuple[str, ...] = (),
+    **limits: Any,
 ) -> Owner:
-    """A paid agent with the built-in tools, deployed on droplet 1 from the runtime image."""
+    """A paid agent with the built-in tools (and ``tools``), deployed on droplet 1 from
+    the runtime image."""
     agent = create_agent(
         owner=owner_user, name=name, provider=provider, provider_key="sk-live-owner-key-0123456789"
     )
-    Agent.objects.filter(pk=agent.pk).update(
-        billing_active=True, allowed_tools=[tool.name for tool in BUILTIN_TOOLS], **limits
-    )
+    allowed = [tool.name for tool in BUILTIN_TOOLS] + list(tools)
+    Agent.objects.filter(pk=agent.pk).update(billing_active=True, allowed_tools=allowed, **limits)
     agent = deploy_agent(agent=Agent.objects.get(pk=agent.pk))
     assert agent.status == "running", agent.status_reason
     _, token = AuthToken.objects.create(owner_user)

@@ -7,10 +7,9 @@ from collections.abc import Callable, Iterator
 
 import pytest
 from django.test import Client
-from django.urls import reverse
 
 from agents.models import Agent
-from integrations.google.tests.google import StandIn, callback_path
+from integrations.google.tests.google import StandIn, connect_as_owner
 
 
 @pytest.fixture(scope="session")
@@ -42,12 +41,7 @@ def connect(owner: Client, agent: Agent, google: StandIn) -> Callable[..., objec
     Returns the callback's response."""
 
     def run(capability: str, *, on: Agent = agent, **consent):
-        started = owner.post(
-            reverse("integrations:google-connect", args=[on.pk]), {"capability": capability}
-        )
-        assert started.status_code == 303, started
-        back = google.consent(started["Location"], **consent)
-        return owner.get(callback_path(back))
+        return connect_as_owner(owner, google, on, capability, **consent)
 
     return run
 
@@ -61,3 +55,9 @@ def perform():
         return registered_tool(name).perform(ToolCall(agent=agent, arguments=arguments))
 
     return run
+
+
+# For the live tests: a real control plane and a scripted model (agents' fixtures), and
+# the inbox's LISTEN connection closed before the test database is dropped.
+from agents.tests.conftest import _stop_inbox_listener  # noqa: E402, F401
+from agents.tests.live_agents import control_plane, scripted_model  # noqa: E402, F401

@@ -182,6 +182,20 @@ def callback_path(location: str) -> str:
     return f"{parts.path}?{parts.query}"
 
 
+def connect_as_owner(owner: Any, google: StandIn, agent: Any, capability: str, **consent: Any):
+    """The owner connects ``capability`` of ``agent``: our connect button (``owner`` is a
+    signed-in Django test client), Google's consent screen, our callback. Returns the
+    callback's response."""
+    from django.urls import reverse
+
+    started = owner.post(
+        reverse("integrations:google-connect", args=[agent.pk]), {"capability": capability}
+    )
+    assert started.status_code == 303, started
+    back = google.consent(started["Location"], **consent)
+    return owner.get(callback_path(back))
+
+
 def query_of(url: str) -> dict[str, str]:
     return {key: values[0] for key, values in parse_qs(urlsplit(url).query).items()}
 

@@ -7,6 +7,9 @@ import json
 
 import pytest
 
+from agents.conversation_services import hand_out_run, post_message
+from agents.conversations import Run, RunStep
+from agents.tests.conftest import make_running
 from agents.tools import ToolError, registered_tool
 from integrations.google.content import json_size
 from integrations.google.models import GoogleIntegration
@@ -415,3 +418,133 @@ def test_results_are_json(connect, agent, google, perform):
     result = perform("gmail.get_message", agent, id="j1")
     assert json.loads(json.dumps(result.data))["subject"] == "Ünïcode ✓"
     assert result.data["body"] == "naïve café"
+
+
+# --- Refused at the tool endpoint, before anything reaches Google ---------------------------
+# Each refusal goes through /agent-api/v1/tools/<name> with an agent token, as the
+# runtime calls it, and the stand-in's log proves no request left for Google.
+
+
+def endpoint_call(client, live, name: str, arguments) -> tuple[int, dict]:
+    response = client.post(
+        f"/agent-api/v1/tools/{name}",
+        {"arguments": arguments},
+        content_type="application/json",
+        headers=live.auth,
+    )
+    return response.status_code, response.json()["error"]
+
+
+def in_a_run(agent, *, tools=TOOLS):
+    """``agent`` running with ``tools`` allowed, inside a run its control plane began."""
+    live = make_running(agent, allowed_tools=list(tools), billing_active=True)
+    post_message(agent=live.agent, content="go")
+    run = hand_out_run(agent=live.agent)
+    return live, run
+
+
+def refusal_step(run) -> dict:
+    (step,) = RunStep.objects.filter(run=run)
+    assert step.kind == "refused"
+    return step.detail
+
+
+@pytest.mark.parametrize(
+    ("name", "arguments", "where"),
+    [
+        ("gmail.search", {"query": "is:unread", "send_to": "mallory@example.com"}, "arguments"),
+        ("gmail.search", {"query": "x", "max_results": 10_000}, "max_results"),
+        ("gmail.get_message", {"id": "../../users/other/messages/1"}, "id"),
+        ("calendar.list_events", {"time_min": "tomorrow"}, "time_min"),
+        ("drive.get_file", {"id": "abc?alt=media"}, "id"),
+    ],
+)
+def test_schema_invalid_arguments_are_refused_and_nothing_reaches_google(
+    client, connect, agent, google, name, arguments, where
+):
+    for capability in ("calendar", "gmail", "drive"):
+        connect(capability)
+    google.serve(gmail=[mail("a1", subject="Hi", text="hello")])  # and an empty log
+    live, run = in_a_run(agent)
+
+    status, error = endpoint_call(client, live, name, arguments)
+
+    assert (status, error["code"]) == (400, "invalid_arguments")
+    assert error["message"].startswith(f"Tool '{name}' {where}: ")
+    assert refusal_step(run)["code"] == "invalid_arguments"
+    assert Run.objects.get(pk=run.pk).tool_calls == 0
+    assert google.log() == []
+
+
+@pytest.mark.parametrize(
+    ("name", "status", "code"),
+    [
+        ("gmail.search", 403, "tool_not_allowed"),  # registered, connected, not allowed
+        ("gmail.send", 403, "tool_not_allowed"),  # no such tool, and not allowed
+    ],
+)
+def test_a_tool_off_the_allow_list_is_refused_and_nothing_reaches_google(
+    client, connect, agent, google, name, status, code
+):
+    connect("gmail")
+    google.serve(gmail=[mail("a1", subject="Hi", text="hello")])
+    live, run = in_a_run(agent, tools=["calendar.list_events"])
+
+    got, error = endpoint_call(client, live, name, {"query": "is:unread"})
+
+    assert (got, error["code"]) == (status, code)
+    assert "is not on this agent's allow-list" in error["message"]
+    assert refusal_step(run)["code"] == code
+    assert google.log() == []
+
+
+def test_a_send_tool_is_no_tool_even_on_the_allow_list(client, connect, agent, google):
+    connect("gmail")
+    google.serve(gmail=[mail("a1", subject="Hi", text="hello")])
+    live, run = in_a_run(agent, tools=[*TOOLS, "gmail.send"])
+
+    status, error = endpoint_call(client, live, "gmail.send", {"to": "attacker@example.com"})
+
+    assert (status, error["code"]) == (404, "unknown_tool")
+    assert refusal_step(run)["code"] == "unknown_tool"
+    assert google.log() == []
+
+
+def test_a_tool_whose_scope_was_not_granted_is_refused_at_the_endpoint(
+    client, connect, agent, google
+):
+    connect("calendar")
+    connect("gmail", grant=[])  # the owner unticked Gmail at Google
+    google.serve(gmail=[mail("a1", subject="Hi", text="hello")])
+    live, run = in_a_run(agent)
+
+    status, error = endpoint_call(client, live, "gmail.search", {"query": "is:unread"})
+
+    assert (status, error["code"]) == (409, "tool_unavailable")
+    assert "Gmail access was not granted" in error["message"]
+    assert refusal_step(run)["code"] == "tool_unavailable"
+    offered = client.get("/agent-api/v1/tools", headers=live.auth).json()["tools"]
+    assert [tool["name"] for tool in offered] == ["calendar.list_events"]
+    assert google.log() == []
+
+
+def test_another_agents_token_cannot_use_this_agents_google(client, connect, agent, google, bob):
+    from agents.services import create_agent
+
+    connect("gmail")
+    google.serve(gmail=[mail("a1", subject="Alice's secret", text="hello")])
+    bobs, _ = in_a_run(create_agent(owner=bob, name="bobs", provider_key="sk-bob-key-0123456789"))
+    in_a_run(agent)  # Alice's agent is running too, inside a run of its own
+
+    status, error = endpoint_call(client, bobs, "gmail.search", {"query": "is:unread"})
+
+    assert (status, error["code"]) == (409, "tool_unavailable")
+    assert "not connected" in error["message"]
+    with_no_token = client.post(
+        "/agent-api/v1/tools/gmail.search",
+        {"arguments": {"query": "is:unread"}},
+        content_type="application/json",
+        headers={"Authorization": "Bearer sc_agent_not-a-real-token"},
+    )
+    assert with_no_token.status_code == 401
+    assert google.log() == []
