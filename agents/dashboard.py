@@ -1,0 +1,195 @@
+"""What the agent's page shows and does, apart from the HTTP handling (agents/views.py).
+
+Usage against the caps (and which cap paused the agent, until when), the
+conversation with each run's steps, the kill switch recipe filled in for one
+agent, and the owner's "stop all my agents".
+"""
+
+from __future__ import annotations
+
+import calendar
+import datetime as dt
+import hashlib
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from django.db.models import Max, Prefetch
+from django.utils import timezone
+
+from agents.conversations import Message, Run, RunStep, Schedule
+from agents.kill_switch import KillOutcome, curl_recipe, kill_agent
+from agents.models import ALLOWED_TRANSITIONS, Agent, AgentEvent, AgentStatus, InvalidTransition
+
+S = AgentStatus
+CONVERSATION_PAGE = 50
+# What "stop all" stops: whatever runs, or could run again without its owner
+# (a paused agent resumes by itself when its cap resets).
+STOPPABLE = (S.PROVISIONING, S.RUNNING, S.PAUSED)
+STARTABLE = tuple(
+    s for s, allowed in ALLOWED_TRANSITIONS.items() if S.PROVISIONING in allowed and s != S.FAILED
+)
+STOPPABLE_ONE = (S.RUNNING, S.PAUSED)
+
+
+# --- Usage against the caps -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Meter:
+    """One cap: how much is used, of how much, and when the count starts afresh."""
+
+    label: str
+    used: Decimal
+    cap: Decimal
+    resets_at: dt.datetime | None
+    money: bool = False
+
+    @property
+    def percent(self) -> int:
+        if self.cap <= 0:
+            return 100 if self.used > 0 else 0
+        return min(100, int(self.used * 100 / self.cap))
+
+    @property
+    def level(self) -> str:
+        """For the bar's colour: ok below 80 %, warn from 80 %, full at the cap."""
+        return "full" if self.percent >= 100 else "warn" if self.percent >= 80 else "ok"
+
+
+@dataclass(frozen=True)
+class Usage:
+    tokens: Meter
+    cost: Meter
+    paused_by: Meter | None  # the cap that paused the agent, if one did
+
+
+def usage_of(agent: Agent, *, now: dt.datetime | None = None) -> Usage:
+    now = now or timezone.now()
+    today = now.astimezone(dt.UTC).date()
+    # The gateway rolls tokens_today over lazily: a count from another day is zero today.
+    tokens_used = agent.tokens_today if agent.tokens_day == today else 0
+    midnight = dt.datetime.combine(today + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC)
+    started = agent.period_started_at  # set by billing at each paid period
+    tokens = Meter("Tokens today", Decimal(tokens_used), Decimal(agent.daily_token_cap), midnight)
+    cost = Meter(
+        "Model cost this period",
+        Decimal(agent.cost_this_period),
+        Decimal(agent.monthly_cost_cap),
+        _one_month_after(started) if started else None,
+        money=True,
+    )
+    return Usage(tokens=tokens, cost=cost, paused_by=_paused_by(agent, tokens, cost))
+
+
+def _paused_by(agent: Agent, tokens: Meter, cost: Meter) -> Meter | None:
+    """The cap the gateway paused the agent at (its pause reason names it)."""
+    if agent.status != S.PAUSED:
+        return None
+    if "daily token cap" in agent.status_reason:
+        return tokens
+    if "monthly cost cap" in agent.status_reason:
+        return cost
+    return None
+
+
+def _one_month_after(start: dt.datetime) -> dt.datetime:
+    """The same day and time a month later (the last day of a shorter month)."""
+    year, month = (start.year + 1, 1) if start.month == 12 else (start.year, start.month + 1)
+    day = min(start.day, calendar.monthrange(year, month)[1])
+    return start.replace(year=year, month=month, day=day)
+
+
+# --- The conversation -----------------------------------------------------------------------
+
+
+def conversation(agent: Agent, *, limit: int = CONVERSATION_PAGE) -> list[Message]:
+    """The latest messages, oldest first, each inbound one with its run and steps."""
+    steps = Prefetch("run__steps", queryset=RunStep.objects.order_by("created_at", "id"))
+    latest = (
+        Message.objects.filter(agent=agent)
+        .select_related("run")
+        .prefetch_related(steps)
+        .order_by("-id")[:limit]
+    )
+    messages = list(latest)[::-1]
+    for message in messages:
+        run = getattr(message, "run", None) if message.in_reply_to_id is None else None
+        for step in run.steps.all() if run else ():
+            step.row = step_row(step)  # the prefetched instances the template iterates
+    return messages
+
+
+def step_row(step: RunStep) -> dict[str, Any]:
+    """A run's step as the page lists it: metadata only, as stored."""
+    detail = step.detail if isinstance(step.detail, dict) else {}
+    tokens = [detail.get(k) for k in ("input_tokens", "output_tokens")]
+    outcome = detail.get("outcome") or detail.get("status") or detail.get("code") or ""
+    return {
+        "tokens": sum(t for t in tokens if isinstance(t, int)) if any(tokens) else None,
+        "cost": detail.get("cost"),
+        "digest": detail.get("arguments_sha256") or "",
+        "outcome": outcome,
+        "reason": detail.get("reason") or "",
+        "latency_ms": detail.get("latency_ms"),
+        "tools": ", ".join(detail.get("tools_requested") or []),
+    }
+
+
+def conversation_version(agent: Agent) -> str:
+    """Changes whenever the conversation shown would: a message, a run or a step."""
+    runs = Run.objects.filter(agent=agent)
+    parts: list[Any] = [
+        agent.status,
+        agent.status_reason,
+        Message.objects.filter(agent=agent).aggregate(m=Max("id"))["m"],
+        RunStep.objects.filter(run__agent=agent).aggregate(m=Max("id"))["m"],
+        list(
+            runs.exclude(status__in=("done", "failed", "canceled", "stopped")).values_list(
+                "id", "status"
+            )
+        ),
+        runs.aggregate(m=Max("finished_at"))["m"],
+        agent.tokens_today,
+        agent.cost_this_period,
+    ]
+    return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
+
+
+def recent_events(agent: Agent, *, limit: int = 15) -> list[AgentEvent]:
+    return list(agent.events.order_by("-created_at", "-id")[:limit])
+
+
+def schedules_of(agent: Agent) -> list[Schedule]:
+    return list(Schedule.objects.filter(agent=agent))
+
+
+# --- The kill switch, filled in ----------------------------------------------------------
+
+
+def kill_switch_recipe(*, agent: Agent, base_url: str, secret: str) -> str:
+    """The README's v2 recipe with this agent's id and secret set: paste and run.
+
+    Only ever rendered in answer to the owner asking to see the secret."""
+    return f"AGENT_ID='{agent.pk}'\nSECRET='{secret}'\n" + curl_recipe(base_url=base_url)
+
+
+# --- Stop all ------------------------------------------------------------------------------
+
+
+def stop_all_agents(*, owner: Any) -> list[KillOutcome]:
+    """The owner's big red button: every agent that runs (or would resume) is killed
+    (tokens revoked first, then the container stopped), so it holds with the
+    droplet unreachable too. Each one runs again only when its owner starts it."""
+    outcomes = []
+    stoppable = Agent.objects.filter(owner=owner, status__in=STOPPABLE).order_by("name")
+    for agent in stoppable.select_related("droplet"):
+        try:
+            outcomes.append(
+                kill_agent(
+                    agent=agent, actor=owner, source="owner", reason="stopped: stop all my agents"
+                )
+            )
+        except InvalidTransition:
+            continue  # deleted meanwhile
+    return outcomes
