@@ -193,3 +193,98 @@ def stop_all_agents(*, owner: Any) -> list[KillOutcome]:
         except InvalidTransition:
             continue  # deleted meanwhile
     return outcomes
+
+
+# --- The 30-day chart ------------------------------------------------------------------------
+
+CHART_DAYS = 30
+CHART_W, CHART_H, CHART_PAD = 600, 160, 4
+
+
+@dataclass(frozen=True)
+class Bar:
+    x: float
+    y: float
+    width: float
+    height: float
+    title: str
+
+
+@dataclass(frozen=True)
+class Chart:
+    """One inline SVG chart, drawn server side: bars (or a line) and the cap's line."""
+
+    title: str
+    bars: list[Bar]
+    points: str  # an SVG polyline's points, for a running total
+    cap_y: float
+    cap_label: str
+    summary: str
+    width: int = CHART_W
+    height: int = CHART_H
+
+
+def usage_charts(agent: Agent, *, today: dt.date | None = None) -> list[Chart]:
+    """Tokens per UTC day against the daily token cap, and the running cost of those
+    30 days against the monthly cost cap, from the usage ledger."""
+    from gateway.selectors import agent_daily_usage  # the gateway's ledger, read only
+
+    today = today or timezone.now().astimezone(dt.UTC).date()
+    days = agent_daily_usage(
+        agent=agent, start=today - dt.timedelta(days=CHART_DAYS - 1), end=today
+    )
+    token_cap = Decimal(agent.daily_token_cap)
+    tokens = [Decimal(day.tokens) for day in days]
+    running, total = [], Decimal("0")
+    for day in days:
+        total += day.cost
+        running.append(total)
+    cost_cap = Decimal(agent.monthly_cost_cap)
+    return [
+        Chart(
+            title="Tokens per day, last 30 days",
+            bars=_bars(days, tokens, _top(tokens, token_cap), lambda d, v: f"{d}: {v:,} tokens"),
+            points="",
+            cap_y=_y(token_cap, _top(tokens, token_cap)),
+            cap_label=f"daily cap {token_cap:,}",
+            summary=f"{sum(tokens):,} tokens in 30 days; the most in a day: {max(tokens):,}.",
+        ),
+        Chart(
+            title="Model cost, running total over the last 30 days",
+            bars=[],
+            points=_points(running, _top(running, cost_cap)),
+            cap_y=_y(cost_cap, _top(running, cost_cap)),
+            cap_label=f"monthly cap ${cost_cap:.2f}",
+            summary=f"${total:.4f} in 30 days.",
+        ),
+    ]
+
+
+def _top(values: list[Decimal], cap: Decimal) -> Decimal:
+    return max([*values, cap, Decimal("1e-9")]) * Decimal("1.1")
+
+
+def _y(value: Decimal, top: Decimal) -> float:
+    return round(CHART_PAD + float(1 - value / top) * (CHART_H - 2 * CHART_PAD), 1)
+
+
+def _bars(days, values: list[Decimal], top: Decimal, label) -> list[Bar]:
+    step = CHART_W / len(values)
+    bars = []
+    for index, (day, value) in enumerate(zip(days, values, strict=True)):
+        y = _y(value, top)
+        bars.append(
+            Bar(
+                x=round(index * step + 1, 1),
+                y=y,
+                width=round(step - 2, 1),
+                height=round(CHART_H - CHART_PAD - y, 1),
+                title=label(day.date.isoformat(), int(value)),
+            )
+        )
+    return bars
+
+
+def _points(values: list[Decimal], top: Decimal) -> str:
+    step = CHART_W / max(1, len(values) - 1)
+    return " ".join(f"{round(i * step, 1)},{_y(v, top)}" for i, v in enumerate(values))

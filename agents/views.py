@@ -91,6 +91,7 @@ def _live_context(agent: Agent) -> dict:
     return {
         "agent": agent,
         "usage": dashboard.usage_of(agent),
+        "charts": dashboard.usage_charts(agent),
         "messages_list": dashboard.conversation(agent),
         "version": dashboard.conversation_version(agent),
         "can_start": agent.status in dashboard.STARTABLE,

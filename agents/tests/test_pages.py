@@ -228,3 +228,31 @@ def test_a_cap_pause_says_which_cap_and_when_it_resets(owner, agent):
     tomorrow = (now + dt.timedelta(days=1)).strftime("%-d %b %Y")
     assert "Paused: the tokens today reached its cap." in html
     assert re.search(rf"It resets {tomorrow}, 00:00 UTC", html), html
+
+
+def test_the_30_day_chart_draws_each_days_tokens_and_the_caps(owner, agent):
+    from gateway.models import UsageRecord, UsageStatus
+
+    now = timezone.now()
+    for days_ago, tokens in ((0, 1000), (3, 150_000)):
+        record = UsageRecord.objects.create(
+            agent=agent,
+            provider="openai",
+            model="gpt-test",
+            status=UsageStatus.OK,
+            input_tokens=tokens,
+            cost=Decimal("1.25"),
+            settled_at=now,
+        )
+        UsageRecord.objects.filter(pk=record.pk).update(
+            created_at=now - dt.timedelta(days=days_ago)
+        )
+    html = owner.get(page(agent)).content.decode()
+    today, earlier = now.date(), now.date() - dt.timedelta(days=3)
+    assert f"<title>{today.isoformat()}: 1,000 tokens</title>" in html
+    assert f"<title>{earlier.isoformat()}: 150,000 tokens</title>" in html
+    assert html.count('class="bar"') == 30  # a bar for each day, zero or not
+    assert "daily cap 200,000" in html
+    assert "monthly cap $10.00" in html
+    assert "$2.5000 in 30 days." in html
+    assert "151,000 tokens in 30 days; the most in a day: 150,000." in html
