@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from django.db.models import Max, Prefetch
+from django.db.models import Count, F, Max, Prefetch, Sum
 from django.utils import timezone
 
 from agents.conversations import Message, Run, RunStep, Schedule
@@ -288,3 +288,58 @@ def _bars(days, values: list[Decimal], top: Decimal, label) -> list[Bar]:
 def _points(values: list[Decimal], top: Decimal) -> str:
     step = CHART_W / max(1, len(values) - 1)
     return " ".join(f"{round(i * step, 1)},{_y(v, top)}" for i, v in enumerate(values))
+
+
+# --- Where the money went ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Share:
+    label: str
+    calls: int
+    tokens: int
+    cost: Decimal
+
+
+def spending_since(agent: Agent, now: dt.datetime | None = None) -> dt.datetime:
+    """The start of the period the breakdown covers: the billing period, else 30 days."""
+    now = now or timezone.now()
+    return agent.period_started_at or now - dt.timedelta(days=CHART_DAYS)
+
+
+def spending_breakdown(agent: Agent, *, since: dt.datetime) -> dict[str, list[Share]]:
+    """Settled model calls since ``since``, by model and by what started them (the chat,
+    a schedule, or no run), from the usage ledger."""
+    from gateway.models import UsageRecord, UsageStatus  # the gateway's ledger, read only
+
+    calls = UsageRecord.objects.filter(
+        agent=agent, created_at__gte=since, settled_at__isnull=False
+    ).exclude(status=UsageStatus.PENDING)
+    sums = {
+        "calls": Count("id"),
+        "tokens": Sum(F("input_tokens") + F("output_tokens")),
+        "cost": Sum("cost"),
+    }
+    by_model = calls.values("model").annotate(**sums).order_by("-cost", "model")
+    by_source = (
+        calls.values(
+            "run__message__role", "run__message__schedule_id", "run__message__schedule__cron"
+        )
+        .annotate(**sums)
+        .order_by("-cost")
+    )
+    return {
+        "model": [_share(row["model"], row) for row in by_model],
+        "source": [_share(_source(row), row) for row in by_source],
+    }
+
+
+def _source(row: dict[str, Any]) -> str:
+    role = row["run__message__role"]
+    if role == "schedule":
+        return f"schedule {row['run__message__schedule__cron'] or '(deleted)'}"
+    return "chat" if role == "owner" else "outside any run"
+
+
+def _share(label: str, row: dict[str, Any]) -> Share:
+    return Share(label, row["calls"], row["tokens"] or 0, row["cost"] or Decimal("0"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from django import forms
 
 from agents.conversations import Message, Schedule
+from agents.models import MAX_INSTRUCTIONS_CHARS, validate_time_zone
 
 
 class MessageForm(forms.Form):
@@ -43,3 +44,19 @@ class DeleteForm(forms.Form):
         if name.strip() != self.agent_name:
             raise forms.ValidationError(f"That is not the name of this agent ({self.agent_name}).")
         return name
+
+
+class InstructionsForm(forms.Form):
+    instructions = forms.CharField(
+        label="Standing instructions",
+        required=False,
+        max_length=MAX_INSTRUCTIONS_CHARS,
+        help_text="Read by your agent at every run, below the operator's own rules.",
+        widget=forms.Textarea(attrs={"rows": 3}),
+    )
+    time_zone = forms.CharField(
+        label="Time zone",
+        max_length=64,
+        validators=[validate_time_zone],
+        help_text="An IANA name, like Europe/Paris; your schedules fire in it.",
+    )

@@ -16,6 +16,7 @@ urlpatterns = [
     path(agent + "delete", views.delete, name="agent-delete"),
     path(agent + "kill-switch", views.kill_switch, name="agent-kill-switch"),
     path(agent + "schedules", views.add_schedule, name="agent-schedule-add"),
+    path(agent + "settings", views.save_settings, name="agent-settings"),
     path(
         agent + "schedules/<int:schedule_id>/delete",
         views.delete_schedule,

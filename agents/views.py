@@ -20,7 +20,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from agents import dashboard, schedule_services
 from agents.conversation_services import AgentNotServing, InboxFull, send_owner_message
 from agents.conversations import Schedule
-from agents.forms import DeleteForm, MessageForm, ScheduleForm
+from agents.forms import DeleteForm, InstructionsForm, MessageForm, ScheduleForm
 from agents.kill_switch import rotate_kill_secret
 from agents.models import Agent, AgentStatus, InvalidTransition
 from agents.services import DeployFailed, delete_agent, start_agent, stop_agent
@@ -55,6 +55,9 @@ def _page(request: HttpRequest, agent: Agent, *, status: int = 200, **extra) -> 
         "events": dashboard.recent_events(agent),
         "message_form": MessageForm(),
         "schedule_form": ScheduleForm(),
+        "settings_form": InstructionsForm(
+            initial={"instructions": agent.instructions, "time_zone": agent.time_zone}
+        ),
         **extra,
     }
     return render(request, "agents/agent.html", context, status=status)
@@ -88,10 +91,13 @@ def agent_live(request: HttpRequest, agent_id: uuid.UUID) -> JsonResponse:
 
 def _live_context(agent: Agent) -> dict:
     """What the parts of the page that follow the agent live are rendered from."""
+    since = dashboard.spending_since(agent)
     return {
         "agent": agent,
         "usage": dashboard.usage_of(agent),
         "charts": dashboard.usage_charts(agent),
+        "since": since,
+        "breakdown": dashboard.spending_breakdown(agent, since=since),
         "messages_list": dashboard.conversation(agent),
         "version": dashboard.conversation_version(agent),
         "can_start": agent.status in dashboard.STARTABLE,
@@ -233,6 +239,25 @@ def delete_schedule(request: HttpRequest, agent_id: uuid.UUID, schedule_id: int)
     schedule_services.delete_schedule(schedule=schedule)
     messages.success(request, "Schedule deleted.")
     return _to_page(agent)
+
+
+# --- Settings ----------------------------------------------------------------------------
+
+
+@login_required
+@require_POST
+def save_settings(request: HttpRequest, agent_id: uuid.UUID) -> HttpResponse:
+    agent = _owned_agent(request, agent_id)
+    form = InstructionsForm(request.POST)
+    if form.is_valid():
+        try:
+            schedule_services.set_instructions(agent=agent, **form.cleaned_data)
+        except ValidationError as exc:
+            form.add_error(None, exc)
+        else:
+            messages.success(request, "Settings saved; they apply from the next run.")
+            return _to_page(agent)
+    return _page(request, agent, settings_form=form, status=400)
 
 
 def _words(exc: Exception) -> str:

@@ -256,3 +256,56 @@ def test_the_30_day_chart_draws_each_days_tokens_and_the_caps(owner, agent):
     assert "monthly cap $10.00" in html
     assert "$2.5000 in 30 days." in html
     assert "151,000 tokens in 30 days; the most in a day: 150,000." in html
+
+
+def test_settings_save_instructions_and_time_zone_and_refuse_a_bad_zone(owner, agent):
+    response = owner.post(
+        page(agent, "agent-settings"),
+        {"instructions": "Answer in French.", "time_zone": "Europe/Paris"},
+    )
+    assert response.status_code == 302
+    agent.refresh_from_db()
+    assert (agent.instructions, agent.time_zone) == ("Answer in French.", "Europe/Paris")
+
+    bad = owner.post(page(agent, "agent-settings"), {"instructions": "", "time_zone": "Mars/Base"})
+    assert bad.status_code == 400
+    assert "Use an IANA time zone name" in bad.content.decode()
+    agent.refresh_from_db()
+    assert agent.time_zone == "Europe/Paris"
+
+
+def test_spending_is_broken_down_by_model_and_by_chat_or_schedule(owner, agent):
+    from gateway.models import UsageRecord, UsageStatus
+
+    schedule = Schedule.objects.create(agent=agent, cron="0 7 * * *", prompt="p")
+    chat = Message.objects.create(agent=agent, role=MessageRole.OWNER, content="hi")
+    fired = Message.objects.create(
+        agent=agent, role=MessageRole.SCHEDULE, content="p", schedule=schedule
+    )
+    now = timezone.now()
+    for message, model, tokens, cost in (
+        (chat, "gpt-a", 100, "0.5"),
+        (chat, "gpt-b", 50, "0.25"),
+        (fired, "gpt-a", 10, "0.125"),
+    ):
+        run = Run.objects.get_or_create(agent=agent, message=message)[0]
+        UsageRecord.objects.create(
+            agent=agent,
+            provider="openai",
+            model=model,
+            status=UsageStatus.OK,
+            run=run,
+            input_tokens=tokens,
+            cost=Decimal(cost),
+            settled_at=now,
+        )
+    html = owner.get(page(agent)).content.decode()
+    rows = re.findall(
+        r"<tr><td>([^<]+)</td><td>(\d+)</td><td>([\d,]+)</td><td>\$([\d.]+)</td></tr>", html
+    )
+    assert rows == [
+        ("gpt-a", "2", "110", "0.6250"),
+        ("gpt-b", "1", "50", "0.2500"),
+        ("chat", "2", "150", "0.7500"),
+        ("schedule 0 7 * * *", "1", "10", "0.1250"),
+    ]
