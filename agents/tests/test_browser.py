@@ -5,16 +5,19 @@ agent come up, chat, add a schedule, stop and start, run the kill switch's curl,
 stop all, delete; the main pages again on a phone-sized screen; a second user gets
 404 by URL.
 
-Every page is watched: a console error, an uncaught exception, a CSP violation, a
+The main pages pass axe-core (vendored) with no serious or critical violation. Every
+page is watched: a console error, an uncaught exception, a CSP violation, a
 request to another origin, a failed request or an error answer fails the test.
 Screenshots go to $SAFERCLAW_SCREENSHOTS (default: the test's tmp_path).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
+from pathlib import Path
 
 import pytest
 from django.test import Client
@@ -33,6 +36,7 @@ EMAIL = "newcomer@example.com"
 PASSWORD = "a long and unusual passphrase 42"
 ANSWER = "Hello! I am your agent, answering from my container."
 PHONE = {"width": 390, "height": 844}
+AXE = Path(__file__).parent / "vendor" / "axe-core-4.14.1" / "axe.min.js"
 
 
 class StrictWatch(PageWatch):
@@ -86,6 +90,19 @@ def sign_up(page, mailbox) -> None:
     page.wait_for_url(f"{OWNER_API}/dashboard/")
 
 
+def assert_accessible(page) -> None:
+    """axe-core (vendored) finds no serious or critical violation on the page. It is
+    evaluated through Playwright, which the page's CSP does not govern."""
+    page.evaluate(AXE.read_text())
+    result = page.evaluate("async () => await axe.run(document, {resultTypes: ['violations']})")
+    bad = [
+        {"rule": v["id"], "impact": v["impact"], "nodes": [n["target"] for n in v["nodes"]][:5]}
+        for v in result["violations"]
+        if v["impact"] in ("serious", "critical")
+    ]
+    assert bad == [], f"{page.url}: {json.dumps(bad, indent=1)}"
+
+
 def no_sideways_scroll(page) -> None:
     """Laid out for the screen: nothing wider than the viewport."""
     overflow = page.evaluate("() => document.documentElement.scrollWidth - window.innerWidth")
@@ -122,6 +139,7 @@ def test_a_new_user_runs_an_agent_from_the_dashboard(
     # The agent's page, from the list.
     visit(page, "/dashboard/")
     page.screenshot(path=shots / "02-dashboard.png", full_page=True)
+    assert_accessible(page)
     page.click("table.agents >> text=helper")
     page.wait_for_selector("#agent-status.status-running")
     assert page.is_visible("text=No messages yet.")
@@ -138,6 +156,7 @@ def test_a_new_user_runs_an_agent_from_the_dashboard(
     assert "Answered" in page.text_content("#conversation .msg-owner summary")
     assert page.text_content("#tokens-used") != "0"  # spending moved
     page.screenshot(path=shots / "04-agent-chat.png", full_page=True)
+    assert_accessible(page)
 
     # A schedule.
     page.get_by_label("When (cron, in the agent's time zone)").fill("30 7 * * 1-5")
@@ -162,6 +181,7 @@ def test_a_new_user_runs_an_agent_from_the_dashboard(
     page.wait_for_selector("#copy-state >> text=Copied.")
     assert page.evaluate("() => navigator.clipboard.readText()") == recipe
     page.screenshot(path=shots / "05-kill-switch.png", full_page=True)
+    assert_accessible(page)
     done = subprocess.run(
         ["bash", "-euo", "pipefail", "-c", recipe],
         env={"PATH": os.environ["PATH"]},
@@ -180,6 +200,7 @@ def test_a_new_user_runs_an_agent_from_the_dashboard(
     page.click("#stop-all")
     assert page.is_visible("text=This stops at once: helper.")
     page.screenshot(path=shots / "07-stop-all.png", full_page=True)
+    assert_accessible(page)
     page.click("#confirm-stop-all")
     page.wait_for_selector("text=Stopped all your agents (helper).")
     assert Agent.objects.get(pk=agent.pk).status == S.KILLED
@@ -217,6 +238,7 @@ def test_a_new_user_runs_an_agent_from_the_dashboard(
     page.click("text=Delete…")
     page.get_by_label("Type the agent's name to confirm").fill("helper")
     page.screenshot(path=shots / "13-delete.png", full_page=True)
+    assert_accessible(page)
     page.click("#delete-form button[type=submit]")
     page.wait_for_selector("text=helper was deleted")
     assert Agent.objects.get(pk=agent.pk).status == S.DELETED
