@@ -39,6 +39,14 @@ PHONE = {"width": 390, "height": 844}
 AXE = Path(__file__).parent / "vendor" / "axe-core-4.14.1" / "axe.min.js"
 
 
+@pytest.fixture
+def dev_mode(settings) -> None:
+    """No Stripe keys, as on a fresh machine: choosing a plan activates it at once."""
+    settings.STRIPE_SECRET_KEY = ""
+    settings.STRIPE_WEBHOOK_SECRET = ""
+    settings.BILLING_DEV_MODE = True
+
+
 class StrictWatch(PageWatch):
     """PageWatch, and also any request that fails or any answer of ours that is an error."""
 
