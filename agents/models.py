@@ -511,4 +511,28 @@ class UsedKillSignature(models.Model):
 
 # The conversation's models live in their own module; importing them here is
 # what registers them with the app.
+class CapAlert(models.Model):
+    """An alert mailed to the owner when usage passed a share of a cap: one row per
+    cap, threshold and period, so each is sent once (the unique constraint decides)."""
+
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="cap_alerts")
+    cap = models.CharField(max_length=32, help_text="daily_token_cap or monthly_cost_cap")
+    threshold = models.PositiveSmallIntegerField(help_text="Percent of the cap: 50, 80 or 100.")
+    period = models.CharField(
+        max_length=40, help_text="The UTC day, or the billing period's start, it counts in."
+    )
+    used = models.CharField(max_length=40, help_text="How much was used when it was sent.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["agent", "cap", "threshold", "period"], name="one_cap_alert_per_period"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.agent_id}: {self.cap} {self.threshold}% ({self.period})"
+
+
 from agents.conversations import Message, Note, Run, RunStep, Schedule  # noqa: E402, F401

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from celery import shared_task
+from django.conf import settings
 
-from agents import conversation_services, schedule_services
+from agents import cap_alerts, conversation_services, schedule_services
 from agents.kill_switch import finish_kill
 from agents.reconciliation import reconcile_all
 from droplets.docker_client import DropletError
@@ -37,3 +38,8 @@ def expire_overdue_runs() -> None:
 def fire_due_schedules() -> None:
     """Post each due schedule's message; safe to run twice or late (see schedule_services)."""
     schedule_services.fire_due_schedules()
+
+
+@shared_task(ignore_result=True)
+def send_cap_alerts() -> None:
+    cap_alerts.send_cap_alerts(site_url=settings.CONTROL_PLANE_URL)

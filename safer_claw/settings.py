@@ -185,6 +185,7 @@ CELERY_BEAT_SCHEDULE = {
     "expire-overdue-runs": {"task": "agents.tasks.expire_overdue_runs", "schedule": 15.0},
     "fire-due-schedules": {"task": "agents.tasks.fire_due_schedules", "schedule": 20.0},
     "sweep-gateway": {"task": "gateway.tasks.sweep", "schedule": 60.0},
+    "send-cap-alerts": {"task": "agents.tasks.send_cap_alerts", "schedule": 60.0},
     "resume-agents-below-caps": {
         "task": "gateway.tasks.resume_agents_below_caps",
         "schedule": 300.0,

@@ -63,10 +63,13 @@ class ControlPlane:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
+        from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
+
         from safer_claw.asgi import application
 
         config = uvicorn.Config(
-            application,
+            # Static files as well, for the browser tests (production serves them apart).
+            ASGIStaticFilesHandler(application),
             host="0.0.0.0",
             port=TEST_CONTROL_PLANE_PORT,
             loop="asyncio",
