@@ -17,9 +17,10 @@ thinking about it:
   every JSON reader holds exactly; larger ones overflowed Decimal contexts,
   bigint columns and datetime.fromtimestamp).
 
-``loads`` is the one JSON reader for request bodies; ``scope_problem`` and
-``request_problem`` check an ASGI scope and a Django request. Each endpoint
-family turns a ``BadInput`` into its own error shape.
+``loads`` is the one JSON reader for request bodies; ``scope_problem`` checks
+an ASGI request (safer_claw.asgi) and ``safer_claw.middleware`` a Django one
+with the same functions. Each endpoint family turns a ``BadInput`` into its
+own error shape.
 """
 
 from __future__ import annotations
