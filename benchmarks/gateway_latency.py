@@ -59,11 +59,18 @@ class Cell:
     total: list[float] = field(default_factory=list)
     errors: Counter[str] = field(default_factory=Counter)
     wall: float = 0.0
+    cpu: float | None = None  # CPU seconds of the target's own processes while measured
     skipped: str = ""
 
     @property
     def throughput(self) -> float:
         return len(self.total) / self.wall if self.wall else 0.0
+
+    @property
+    def cpu_per_call(self) -> str:
+        if self.cpu is None or not self.total:
+            return "-"
+        return ms(self.cpu / len(self.total))
 
 
 def request_body(provider: str, stream: bool) -> bytes:
@@ -135,9 +142,12 @@ async def run_cell(
                     cell.ttfb.append(outcome[0])
                     cell.total.append(outcome[1])
 
+        cpu_before = target.cpu() if target.cpu else None
         started = time.perf_counter()
         await asyncio.gather(*(worker(client, i) for i, client in enumerate(pool)))
         cell.wall = time.perf_counter() - started
+        if cpu_before is not None:
+            cell.cpu = target.cpu() - cpu_before
     finally:
         await asyncio.gather(*(client.aclose() for client in pool))
     return cell
@@ -197,7 +207,7 @@ def print_section(title: str, stream: bool, results: dict[str, dict[str, Cell]])
     print(
         f"{'':12}{'':9}"
         + "".join(f"{h:>11}" for h in heads)
-        + f"{'req/s':>9}{'calls':>7}{'errors':>8}"
+        + f"{'req/s':>9}{'calls':>7}{'errors':>8}{'cpu/call':>10}"
     )
     for label, cells in results.items():
         direct = cells.get("direct", Cell())
@@ -219,6 +229,7 @@ def print_section(title: str, stream: bool, results: dict[str, dict[str, Cell]])
                 row
                 + "".join(f"{v:>11}" for v in shown)
                 + f"{cell.throughput:>9.0f}{len(cell.total):>7}{sum(cell.errors.values()):>8}"
+                + f"{cell.cpu_per_call:>10}"
             )
             for error, count in cell.errors.most_common(2):
                 print(f"{'':21}{count} x {error[:120]}")
@@ -299,14 +310,17 @@ def main(argv: list[str] | None = None) -> None:
             f"upstream stand-in: uvicorn (uvloop, httptools), {args.reply_words}-word replies; "
             f"ours: safer_claw.asgi under uvicorn ({GATEWAY_WORKERS} workers: one per core, "
             "uvloop, httptools, DEBUG off, PostgreSQL; metering, caps, allow-lists, a run, "
-            f"durable settlement; each client is its own agent, as each agent's loop is one "
-            f"client); LiteLLM {LITELLM_VERSION} proxy ({GATEWAY_WORKERS} workers, "
+            "durable admission and settlement; each client is its own agent, as each agent's "
+            f"loop is one client); LiteLLM {LITELLM_VERSION} proxy ({GATEWAY_WORKERS} workers, "
             "no database)"
         )
         print(
             f"per cell: {args.warmup} warm-up calls, then {args.sequential} sequential calls, "
             f"or {args.clients} clients x {args.per_client} calls, within {args.cell_seconds:g} s"
-            "; times in ms; +p50/+p99: added over the direct call's p50/p99"
+            "; times in ms; +p50/+p99: added over the direct call's p50/p99; cpu/call: CPU "
+            "of the target's own processes per call (direct: the stand-in; ours: its workers "
+            "and their PostgreSQL backends; LiteLLM: its workers), steadier than times when "
+            "the machine is shared"
         )
         for provider in args.providers:
             for stream in (False, True):

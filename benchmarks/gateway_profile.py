@@ -7,8 +7,9 @@ one running agent, prices) and times, in this process on the event loop as the
 gateway runs them (psycopg AsyncConnection), p50 over N calls: the token lookup
 (before the body is read), the admission (one statement: verdict, rate count,
 reservation, ledger row), and the settlement (one statement, after the answer),
-against a bare ``SELECT 1`` round trip as the baseline (admission and settlement commit
-without waiting for the disk; the settlement's flush is timed with it).
+against a bare ``SELECT 1`` round trip as the baseline (admission commits to disk, as it
+must before the call is forwarded; settlement commits without waiting for the disk, and
+its flush is timed with it).
 """
 
 from __future__ import annotations

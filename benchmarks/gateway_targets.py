@@ -24,7 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +56,8 @@ class Target:
     # Per provider, the headers of each caller (a worker uses its own, round robin).
     headers: dict[str, list[dict[str, str]]] = field(default_factory=dict)
     down: str = ""
+    # CPU seconds used so far by the target's own processes (for CPU per call), if known.
+    cpu: Callable[[], float] | None = None
 
 
 class StartFailed(Exception):
@@ -84,6 +86,7 @@ def process(name: str, command: list[str], env: dict[str, str], logs: Path) -> I
         child = subprocess.Popen(
             command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
+    SESSIONS[name] = child.pid  # its own session: its workers share the id
     try:
         yield log_path
     finally:
@@ -94,6 +97,43 @@ def process(name: str, command: list[str], env: dict[str, str], logs: Path) -> I
             except subprocess.TimeoutExpired:
                 os.killpg(child.pid, signal.SIGKILL)
                 child.wait()
+
+
+SESSIONS: dict[str, int] = {}
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(match: Callable[[list[str], str], bool]) -> float:
+    """User + system CPU of the live processes that ``match(stat fields, cmdline)`` (Linux
+    /proc; 0 elsewhere). Under a shared machine's noise, CPU per call is steadier than
+    latency or throughput."""
+    total = 0
+    for entry in Path("/proc").iterdir() if Path("/proc/self/stat").exists() else ():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue  # gone meanwhile
+        if match(fields, cmdline):
+            total += int(fields[11]) + int(fields[12])
+    return total / CLOCK_TICKS
+
+
+def session_cpu(name: str) -> Callable[[], float]:
+    """CPU of a process started by ``process(name, ...)`` and its workers."""
+    return lambda: cpu_seconds(lambda fields, _: fields[3] == str(SESSIONS[name]))
+
+
+def gateway_cpu() -> float:
+    """Our gateway's workers and their PostgreSQL backends (when PostgreSQL runs here)."""
+    return cpu_seconds(
+        lambda fields, cmdline: (
+            fields[3] == str(SESSIONS["gateway"])
+            or (cmdline.startswith("postgres: ") and f" {DATABASE} " in cmdline)
+        )
+    )
 
 
 def wait_ready(url: str, log_path: Path, timeout: float) -> None:
@@ -152,6 +192,7 @@ def standin(logs: Path, reply_words: int) -> Iterator[Target]:
         wait_ready(base, log_path, timeout=30)
         yield Target(
             name="direct",
+            cpu=session_cpu("standin"),
             urls={provider: base + path for provider, path in PATHS.items()},
             headers={provider: [auth_headers(provider, UPSTREAM_KEY)] for provider in PATHS},
         )
@@ -298,7 +339,7 @@ def prepare_gateway(
 def our_gateway(
     logs: Path, upstream: str, providers: list[str], agents: int = 1
 ) -> Iterator[Target]:
-    target = Target(name="ours")
+    target = Target(name="ours", cpu=gateway_cpu)
     with ExitStack() as stack:
         try:
             env = gateway_env(upstream)
@@ -392,7 +433,7 @@ def litellm_config(upstream: str, master_key: str) -> dict:
 
 @contextmanager
 def litellm_proxy(logs: Path, upstream: str) -> Iterator[Target]:
-    target = Target(name="litellm")
+    target = Target(name="litellm", cpu=session_cpu("litellm"))
     with ExitStack() as stack:
         try:
             ensure_litellm()
