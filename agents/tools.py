@@ -230,19 +230,24 @@ def _reserve_call(agent: Agent, run: Run, name: str, arguments: Any, *, now: dt.
     )
     # Each limit in its UPDATE's own WHERE, so a concurrent call is checked again.
     under_day_limit = LessThan(calls_today, F("max_tool_calls_per_day"))
+    under_run_limit = Run.objects.filter(
+        pk=run.pk,
+        status=RunStatus.ACTIVE,
+        tool_calls__lt=agent.max_tool_calls_per_run - F("reserved_tool_calls"),
+    )
     with transaction.atomic():
-        on_run = Run.objects.filter(
-            pk=run.pk,
-            status=RunStatus.ACTIVE,
-            tool_calls__lt=agent.max_tool_calls_per_run - F("reserved_tool_calls"),
-        ).update(reserved_tool_calls=F("reserved_tool_calls") + 1)
-        on_day = on_run and Agent.objects.filter(under_day_limit, pk=agent.pk).update(
+        # The agent's row first, then the run's: the gateway locks them in that
+        # order (admission and settlement), and the runtime calls a tool the
+        # moment a model answer arrives, while its settlement may still hold the
+        # agent's row. The other order deadlocked.
+        on_day = Agent.objects.filter(under_day_limit, pk=agent.pk).update(
             performed_tool_calls_today=calls_today + 1,
             performed_tool_calls_day=today,
         )
-        if not on_day:
+        on_run = on_day and under_run_limit.update(reserved_tool_calls=F("reserved_tool_calls") + 1)
+        if not on_run:
             transaction.set_rollback(True)
-    if not on_run:
+    if not on_run and (on_day or not under_run_limit.exists()):  # the run's limit names first
         reason, limit = StopReason.MAX_TOOL_CALLS, agent.max_tool_calls_per_run
         code, what = "max_tool_calls_per_run", f"max tool calls per run ({limit})"
     elif not on_day:

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
+import time
 
 import pytest
-from django.db import connection
+from django.db import connection, connections, transaction
 from django.test import Client
 from django.utils import timezone
 
@@ -295,6 +296,71 @@ def test_concurrent_calls_cannot_pass_the_per_run_limit(agent):
     assert run.tool_calls == 3
     assert run.reserved_tool_calls == 0
     assert live.refresh().performed_tool_calls_today == 3
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_tool_call_locks_the_agent_before_the_run_as_the_gateway_does(agent):
+    """The runtime calls a tool as soon as a model answer arrives, while the gateway
+    may still be settling that call: holding the agent's row, then taking the run's.
+    A tool call that took the run's row first deadlocked with it. Here the run's row
+    is held (``holder``) until both the tool call and the gateway wait, then let go."""
+    if connection.vendor != "postgresql":
+        pytest.fail("this test needs PostgreSQL (DATABASE_URL)")
+    live = make_running(agent)
+    post_message(agent=live.agent, content="go")
+    run = hand_out_run(agent=live.agent)
+    release, done = threading.Event(), []
+    statuses: list[int] = []
+
+    def in_thread(work):
+        def target() -> None:
+            try:
+                work()
+            finally:
+                connection.close()
+
+        thread = threading.Thread(target=target)
+        thread.start()
+        return thread
+
+    def holder() -> None:
+        with transaction.atomic():
+            Run.objects.select_for_update().get(pk=run.pk)
+            release.wait(60)
+
+    def gateway_settlement() -> None:  # the gateway's lock order
+        with transaction.atomic():
+            Agent.objects.select_for_update().get(pk=live.agent.pk)
+            Run.objects.select_for_update().get(pk=run.pk)
+        done.append("gateway")
+
+    threads = [in_thread(holder)]
+    wait_for_blocked_backends(0)
+    threads.append(in_thread(lambda: statuses.append(call(Client(), live, "time.now").status_code)))
+    wait_for_blocked_backends(1)  # the tool call waits for the run's row
+    threads.append(in_thread(gateway_settlement))
+    wait_for_blocked_backends(2)  # and the gateway for one of the rows
+    release.set()
+    for thread in threads:
+        thread.join(60)
+
+    assert done == ["gateway"]  # neither was chosen as a deadlock's victim
+    assert statuses == [200]
+    assert Run.objects.get(pk=run.pk).tool_calls == 1
+
+
+def wait_for_blocked_backends(count: int) -> None:
+    """Until ``count`` connections to this database wait for a lock."""
+    with connections["default"].cursor() as cursor:
+        for _ in range(600):
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            )
+            if cursor.fetchone()[0] == count:
+                return
+            time.sleep(0.05)
+    raise AssertionError(f"never {count} connections waiting for a lock")
 
 
 def test_a_tool_that_raises_is_an_error_result_not_a_500(client, agent):
