@@ -31,6 +31,9 @@ from gateway.providers import Call, Usage, tool_key
 
 # How long a call waits for a database connection before it is answered 503.
 POOL_TIMEOUT_SECONDS = 5.0
+# A failed connection is retried (doubling delays) this long, then afresh on
+# demand: the pools are connected again within seconds of PostgreSQL's return.
+RECONNECT_TIMEOUT_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -455,6 +458,7 @@ class PgLedger:
             open=False,
             name="gateway-admit",
             timeout=POOL_TIMEOUT_SECONDS,
+            reconnect_timeout=RECONNECT_TIMEOUT_SECONDS,
         )
         self.flush_pool = AsyncConnectionPool(
             kwargs=params,
@@ -463,6 +467,7 @@ class PgLedger:
             open=False,
             name="gateway-flush",
             timeout=POOL_TIMEOUT_SECONDS,
+            reconnect_timeout=RECONNECT_TIMEOUT_SECONDS,
         )
         self._checking: set[asyncio.Task] = set()
         self._opening: asyncio.Future | None = None
