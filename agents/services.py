@@ -13,7 +13,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import DatabaseError, connection, transaction
 
 from agents.models import (
     ALLOWED_TRANSITIONS,
@@ -228,8 +228,20 @@ def deploy_lease(agent_id: Any) -> Iterator[bool]:
         yield ours
     finally:
         if ours:
-            with connection.cursor() as cursor:
-                cursor.execute("SELECT pg_advisory_unlock(%s)", [key])
+            _release_lease(key)
+
+
+def _release_lease(key: int) -> None:
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_unlock(%s)", [key])
+    except DatabaseError:
+        # Inside a transaction that failed: end the database session itself, which
+        # frees the lease, rather than hand a session holding it back to the pool.
+        logger.warning("deploy lease %s: ending the session to release it", key)
+        if connection.connection is not None:
+            connection.connection.close()
+        connection.close()
 
 
 def take_over_dead_deploy(agent: Agent) -> bool:

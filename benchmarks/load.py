@@ -5,8 +5,8 @@ webhooks, for N minutes against the control plane as production runs it.
 
 Starts its own servers: the provider stand-in, a Redis server on a free port,
 and ``safer_claw.asgi`` under uvicorn (one worker per core, DEBUG off) on a
-fresh PostgreSQL database ``load_bench`` (on ``BENCH_POSTGRES_URL``, dropped
-afterwards). Every agent keeps one ``GET /agent-api/v1/inbox?wait=25`` open (as
+PostgreSQL cluster of its own (``initdb``, run as ``postgres`` when root, on a
+free port; removed afterwards). Every agent keeps one ``GET /agent-api/v1/inbox?wait=25`` open (as
 the runtime does; 204 when nothing came) and posts a heartbeat every 10 s; the
 gateway clients call ``/gateway/openai/v1/chat/completions`` back to back (the
 stand-in answers at once); every 2 s a signed Stripe event (one this app
@@ -39,7 +39,6 @@ import psycopg
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.gateway_targets import (
-    POSTGRES,
     UPSTREAM_KEY,
     free_port,
     gateway_env,
@@ -49,6 +48,7 @@ from benchmarks.gateway_targets import (
     uvicorn_command,
     wait_ready,
 )
+from safer_claw.tests.faults.harness import PgCluster
 
 DATABASE = "load_bench"
 WEBHOOK_SECRET = "whsec_load_bench_" + secrets.token_hex(16)  # this run's own
@@ -192,7 +192,7 @@ def process_tree(root: int) -> list[int]:
     return pids
 
 
-def resources(server_pid: int) -> dict[str, float]:
+def resources(server_pid: int, postgres: str) -> dict[str, float]:
     rss = fds = 0
     for pid in process_tree(server_pid):
         try:
@@ -201,7 +201,7 @@ def resources(server_pid: int) -> dict[str, float]:
             fds += len(os.listdir(f"/proc/{pid}/fd"))
         except (OSError, StopIteration):
             continue
-    with psycopg.connect(f"{POSTGRES}/postgres") as conn:
+    with psycopg.connect(f"{postgres}/postgres") as conn:
         conns = conn.execute(
             "SELECT count(*) FROM pg_stat_activity WHERE datname = %s", [DATABASE]
         ).fetchone()[0]
@@ -216,7 +216,7 @@ def show(label: str, sample: dict[str, float]) -> None:
     )
 
 
-async def drive(base: str, tokens: list[str], args, server_pid: int) -> Stats:
+async def drive(base: str, tokens: list[str], args, server_pid: int, postgres: str) -> Stats:
     stats = Stats()
     stop = asyncio.Event()
     # Idle connections are dropped before uvicorn's 5 s keep-alive ends, or a
@@ -233,14 +233,14 @@ async def drive(base: str, tokens: list[str], args, server_pid: int) -> Stats:
         tasks.append(asyncio.create_task(webhook_loop(client, stats, stop)))
         await asyncio.sleep(WARM_UP_SECONDS)
         stats.measuring = True
-        samples = [resources(server_pid)]
+        samples = [resources(server_pid, postgres)]
         show("warm", samples[0])
         deadline = time.monotonic() + args.minutes * 60
         minute = 0
         while time.monotonic() < deadline:
             await asyncio.sleep(min(60, max(0.0, deadline - time.monotonic())))
             minute += 1
-            samples.append(resources(server_pid))
+            samples.append(resources(server_pid, postgres))
             show(f"minute {minute}", samples[-1])
         stats.measuring = False
         stop.set()
@@ -287,15 +287,23 @@ def main(argv: list[str] | None = None) -> None:
         redis_port = free_port()
         stack.enter_context(
             process(
-                "redis",
+                "redis",  # its own too
                 ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", ""],
                 dict(os.environ),
                 logs,
             )
         )
+        # A PostgreSQL cluster of its own: the control plane's pools may open
+        # more connections than a shared server has room for.
+        cluster = PgCluster()
+        stack.callback(cluster.destroy)
+        cluster.init()
+        cluster.start()
+        cluster.create_database(DATABASE)
+        postgres = cluster.url("").rstrip("/")
         env = {
             **gateway_env(base_upstream.rsplit("/v1", 1)[0]),
-            "DATABASE_URL": f"{POSTGRES}/{DATABASE}",
+            "DATABASE_URL": f"{postgres}/{DATABASE}",
             "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
             "STRIPE_SECRET_KEY": "sk_test_load_bench_not_used",
             "STRIPE_WEBHOOK_SECRET": WEBHOOK_SECRET,
@@ -303,10 +311,6 @@ def main(argv: list[str] | None = None) -> None:
             "STATIC_ROOT": str(logs / "static"),
             "API_ANON_RATE": "100000/minute",
         }
-        with psycopg.connect(f"{POSTGRES}/postgres", autocommit=True) as conn:
-            conn.execute(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
-            conn.execute(f"CREATE DATABASE {DATABASE}")
-        stack.callback(drop_database)
         run_manage(env, "migrate", "--noinput", "--verbosity", "0")
         script = PREPARE.format(count=args.agents, key=UPSTREAM_KEY, model=MODEL)
         tokens = json.loads(run_manage(env, "shell", "-c", script).splitlines()[-1])
@@ -323,7 +327,7 @@ def main(argv: list[str] | None = None) -> None:
             f"{args.minutes:g} min; logs in {logs}",
             flush=True,
         )
-        stats = asyncio.run(drive(base, tokens, args, server_pid))
+        stats = asyncio.run(drive(base, tokens, args, server_pid, postgres))
         report(stats, args.minutes)
     shutil.rmtree(logs, ignore_errors=True)
 
@@ -339,14 +343,6 @@ def find_server(port: int) -> int:
     # A worker may hold the socket: walk up to the process whose parent is not uvicorn.
     parent = int(Path(f"/proc/{pid}/stat").read_text().split()[3])
     return parent if "uvicorn" in Path(f"/proc/{parent}/cmdline").read_text() else pid
-
-
-def drop_database() -> None:
-    try:
-        with psycopg.connect(f"{POSTGRES}/postgres", autocommit=True) as conn:
-            conn.execute(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
-    except psycopg.Error as exc:
-        print(f"warning: could not drop database {DATABASE}: {exc}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,9 @@ from gateway.providers import Call, Usage, tool_key
 
 # How long a call waits for a database connection before it is answered 503.
 POOL_TIMEOUT_SECONDS = 5.0
+# A failed connection is retried (doubling delays) this long, then afresh on
+# demand: the pools are connected again within seconds of PostgreSQL's return.
+RECONNECT_TIMEOUT_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -461,6 +464,7 @@ class PgLedger:
             open=False,
             name="gateway-lazy",
             timeout=POOL_TIMEOUT_SECONDS,
+            reconnect_timeout=RECONNECT_TIMEOUT_SECONDS,
         )
         self.durable_pool = AsyncConnectionPool(  # admissions, flushes: commits on disk
             kwargs={**params, "options": "-c synchronous_commit=on"},
@@ -469,6 +473,7 @@ class PgLedger:
             open=False,
             name="gateway-durable",
             timeout=POOL_TIMEOUT_SECONDS,
+            reconnect_timeout=RECONNECT_TIMEOUT_SECONDS,
         )
         self._checking: set[asyncio.Task] = set()
         self._opening: asyncio.Future | None = None

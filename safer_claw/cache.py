@@ -5,8 +5,8 @@ alone, Redis down meant every sign-in and API call answered 500. This backend
 uses Redis while it answers and, when it does not, a per-process memory cache:
 limits still hold (per process instead of across processes, so with N web
 workers a client gets at most N times its allowance while Redis is away).
-Redis is tried again every ``RETRY_SECONDS``; the switch each way is logged
-once, never per request.
+Redis is tried again every ``RETRY_SECONDS`` (a cache setting; default 5);
+the switch each way is logged once, never per request.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ class FailoverCache(BaseCache):
         shared = {k: params[k] for k in ("TIMEOUT", "KEY_PREFIX", "VERSION") if k in params}
         self._fallback = LocMemCache(f"failover:{id(self)}", shared)
         self._retry_at = 0.0  # monotonic time before which Redis is not tried
+        self._retry_seconds = float(params.get("RETRY_SECONDS", RETRY_SECONDS))
         self._lock = threading.Lock()
 
     @property
@@ -59,7 +60,7 @@ class FailoverCache(BaseCache):
     def _failed(self, exc: Exception) -> None:
         with self._lock:
             first = self._retry_at == 0.0
-            self._retry_at = time.monotonic() + RETRY_SECONDS
+            self._retry_at = time.monotonic() + self._retry_seconds
         if first:
             logger.warning(
                 "cache: Redis is not answering (%s); using this process's memory "

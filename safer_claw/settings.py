@@ -145,6 +145,10 @@ else:
         # While the database is away a request waits this long for a connection,
         # then answers 503 (safer_claw.views.database_unavailable).
         "timeout": env.float("DATABASE_POOL_TIMEOUT", default=5),
+        # psycopg's pool retries a failed connection with a doubling delay for
+        # this long, then starts afresh at the next request: kept short so the
+        # pool is connected again within seconds of PostgreSQL coming back.
+        "reconnect_timeout": 5,
     }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

@@ -194,7 +194,11 @@ def half_deployed(alice, droplet, *, name: str, paid_for: bool = True) -> Agent:
         ContainerSpec(
             name=container_name_for(agent),
             image=agent_image(),
+            environment={},
             labels={"saferclaw.agent": str(agent.id)},
+            cpus=0.1,
+            memory_bytes=64 * 1024**2,
+            pids_limit=20,
         ),
     )
     return agent

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import uuid
+
 import docker
 import pytest
 
 from droplets.models import Droplet
-from safer_claw.tests.faults.harness import OwnEngine
+from safer_claw.celery import app
+from safer_claw.tests.faults.harness import OwnEngine, RedisServer
 
 # Its agents' network: clear of the test droplets' 172.31.1-2.0/24.
 FAULTS_SUBNET = "172.31.77.0/24"
@@ -56,3 +59,28 @@ def ours(client: docker.DockerClient, agent) -> list[str]:
     """Ids of the containers labelled for ``agent`` on the engine, running or not."""
     found = client.containers.list(all=True, filters={"label": f"saferclaw.agent={agent.pk}"})
     return [container.id for container in found]
+
+
+def _forget_broker_connections() -> None:
+    # Celery keeps a connection pool and a producer pool made for the broker it
+    # first used; a test that changes the broker must drop both.
+    app._pool = None
+    app.amqp._producer_pool = None
+
+
+@pytest.fixture
+def own_broker(tmp_path):
+    """A Redis server of the test's own as Celery's broker; tasks really queued
+    (not eager) on a queue of the test's own. Yields (server, queue)."""
+    server = RedisServer(tmp_path)
+    server.start()
+    saved = {k: app.conf[k] for k in ("broker_url", "task_always_eager", "task_default_queue")}
+    queue = f"faults-{uuid.uuid4().hex[:8]}"
+    app.conf.update(broker_url=server.url, task_always_eager=False, task_default_queue=queue)
+    _forget_broker_connections()
+    try:
+        yield server, queue
+    finally:
+        app.conf.update(saved)
+        _forget_broker_connections()
+        server.kill()

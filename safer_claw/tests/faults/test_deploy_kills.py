@@ -17,7 +17,6 @@ count is exact, and the agent went to `running` once.
 from __future__ import annotations
 
 import subprocess
-import uuid
 from pathlib import Path
 
 import psycopg
@@ -29,11 +28,9 @@ from agents.reconciliation import reconcile_droplet
 from agents.tests.factories import paid
 from billing.tasks import deploy_paid_agent
 from droplets.models import Droplet
-from safer_claw.celery import app
 from safer_claw.tests.faults.conftest import ours
 from safer_claw.tests.faults.harness import (
     PYTHON,
-    RedisServer,
     Service,
     celery_worker,
     run_database_url,
@@ -99,26 +96,10 @@ def worker_child(worker: Service) -> int:
     return int(children[0])
 
 
-@pytest.fixture
-def broker(tmp_path):
-    server = RedisServer(tmp_path)
-    server.start()
-    saved = {k: app.conf[k] for k in ("broker_url", "task_always_eager", "task_default_queue")}
-    queue = f"faults-{uuid.uuid4().hex[:8]}"
-    app.conf.update(broker_url=server.url, task_always_eager=False, task_default_queue=queue)
-    app._pool = None  # the producer pool was made for the previous broker
-    try:
-        yield server, queue
-    finally:
-        app.conf.update(saved)
-        app._pool = None
-        server.kill()
-
-
 def test_a_worker_killed_mid_deploy_runs_the_task_again_and_deploys_once(
-    transactional_db, alice, own_droplet, own_engine, own_docker, broker, tmp_path
+    transactional_db, alice, own_droplet, own_engine, own_docker, own_broker, tmp_path
 ):
-    server, queue = broker
+    server, queue = own_broker
     agent = provisioning_agent(alice)
     worker = celery_worker(
         service_env(

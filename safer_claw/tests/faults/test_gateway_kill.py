@@ -72,7 +72,13 @@ def running_agent(alice) -> tuple[Agent, str]:
     ModelPrice.objects.update_or_create(
         provider="openai",
         model="gpt-4o-mini",
-        defaults={"input_per_mtok": Decimal("0.15"), "output_per_mtok": Decimal("0.60")},
+        defaults={
+            "input_per_mtok": Decimal("0.15"),
+            "cached_input_per_mtok": Decimal("0.075"),
+            "cache_write_5m_per_mtok": Decimal("0.1875"),
+            "cache_write_1h_per_mtok": Decimal("0.30"),
+            "output_per_mtok": Decimal("0.60"),
+        },
     )
     return agent, issue_agent_token(agent=agent)
 

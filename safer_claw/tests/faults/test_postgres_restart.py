@@ -116,17 +116,24 @@ def test_requests_during_a_postgres_restart_get_a_clear_503_and_all_work_after(c
             assert all(r.headers.get("retry-after") for r in during.values())
 
             cluster.start()
-            after = calls(base, owner, agent_token)
-            assert {k: r.status_code for k, r in after.items()} == {
-                "api": 200,
-                "page": 200,
-                "gateway": 200,
-            }, server.output()
+            # The pools reconnect within seconds; until then a request may still
+            # get the same clear 503, never anything else.
+            seen: set[int] = set()
+            charged = [1]  # the gateway calls answered 200 (one before the outage)
+
+            def all_answer() -> bool:
+                answers = calls(base, owner, agent_token)
+                seen.update(r.status_code for r in answers.values())
+                charged[0] += answers["gateway"].status_code == 200
+                return all(r.status_code == 200 for r in answers.values())
+
+            wait_until(all_answer, what=f"every path to answer again:\n{server.output()}")
+            assert seen <= {200, 503}
             assert server.process.poll() is None  # the same process throughout
         finally:
             server.stop()
 
-    # The ledger: the two answered calls, settled; the refused one left nothing.
+    # The ledger: only answered calls, each settled; a refused one left nothing.
     with psycopg.connect(cluster.url("saferclaw")) as conn:
-        rows = conn.execute("SELECT status FROM gateway_usagerecord ORDER BY id").fetchall()
-    assert [status for (status,) in rows] == ["ok", "ok"]
+        rows = conn.execute("SELECT status FROM gateway_usagerecord").fetchall()
+    assert [status for (status,) in rows] == ["ok"] * charged[0]

@@ -10,7 +10,6 @@ engine, once.
 from __future__ import annotations
 
 import datetime as dt
-import uuid
 
 import pytest
 import redis
@@ -27,10 +26,8 @@ from billing.tests.helpers import checkout, post_event
 from safer_claw.accounts.services import mint_api_token
 from safer_claw.accounts.tests.factories import PASSWORD
 from safer_claw.accounts.tests.test_login_throttle import attempt
-from safer_claw.celery import app
 from safer_claw.tests.faults.conftest import ours
 from safer_claw.tests.faults.harness import (
-    RedisServer,
     celery_worker,
     run_database_url,
     service_env,
@@ -42,23 +39,13 @@ NOW = dt.timedelta(0)  # flush every outbox row, however young
 
 
 @pytest.fixture
-def own_redis(tmp_path, settings):
-    """The test's Redis as this process's cache and broker (tasks really queued)."""
-    server = RedisServer(tmp_path)
-    server.start()
+def own_redis(own_broker, settings):
+    """The test's Redis as this process's cache, as well as its broker."""
+    server, queue = own_broker
     settings.CACHES = {
         "default": {"BACKEND": "safer_claw.cache.FailoverCache", "LOCATION": server.url}
     }
-    saved = {k: app.conf[k] for k in ("broker_url", "task_always_eager", "task_default_queue")}
-    queue = f"faults-{uuid.uuid4().hex[:8]}"
-    app.conf.update(broker_url=server.url, task_always_eager=False, task_default_queue=queue)
-    app._pool = None  # the producer pool was made for the previous broker
-    try:
-        yield server, queue
-    finally:
-        app.conf.update(saved)
-        app._pool = None
-        server.kill()
+    return server, queue
 
 
 def test_redis_down_sign_in_api_and_a_payment_still_work(
