@@ -54,9 +54,7 @@ class Meter:
     @property
     def shown(self) -> str:
         """The amount used, in words: a few cents still show as more than $0.00."""
-        if not self.money:
-            return f"{int(self.used):,}"
-        return f"${self.used:.6f}" if 0 < self.used < Decimal("0.01") else f"${self.used:.2f}"
+        return money(self.used) if self.money else f"{int(self.used):,}"
 
     @property
     def level(self) -> str:
@@ -87,6 +85,11 @@ def usage_of(agent: Agent, *, now: dt.datetime | None = None) -> Usage:
         money=True,
     )
     return Usage(tokens=tokens, cost=cost, paused_by=_paused_by(agent, tokens, cost))
+
+
+def money(amount: Decimal) -> str:
+    """Dollars as a person reads them: cents, or the digits that make a tiny amount show."""
+    return f"${amount:.6f}" if 0 < amount < Decimal("0.01") else f"${amount:.2f}"
 
 
 def _paused_by(agent: Agent, tokens: Meter, cost: Meter) -> Meter | None:
@@ -262,7 +265,7 @@ def usage_charts(agent: Agent, *, today: dt.date | None = None) -> list[Chart]:
             points=_points(running, _top(running, cost_cap)),
             cap_y=_cap_y(cost_cap, _top(running, cost_cap)),
             cap_label=f"monthly cap ${cost_cap:.2f}",
-            summary=f"${total:.4f} in 30 days.",
+            summary=f"{money(total)} in 30 days.",
         ),
     ]
 
@@ -318,6 +321,10 @@ class Share:
     calls: int
     tokens: int
     cost: Decimal
+
+    @property
+    def cost_shown(self) -> str:
+        return money(self.cost)
 
 
 def spending_since(agent: Agent, now: dt.datetime | None = None) -> dt.datetime:
