@@ -252,3 +252,19 @@ def test_a_new_user_runs_an_agent_from_the_dashboard(
     assert Agent.objects.get(pk=agent.pk).status == S.DELETED
     watch.assert_clean()
     context.close()
+
+
+def test_the_strict_watch_catches_an_error_answer_and_a_failed_request(browser, live_server):  # noqa: F811
+    """The checks above can fail: an error answer of ours, and a request the network
+    drops (Playwright stands in for the network here); an aborted fetch is no failure."""
+    context = browser.new_context()
+    watch = StrictWatch(context, live_server.url)
+    page = context.new_page()
+    page.route("**/static/css/app.css", lambda route: route.abort("connectionreset"))
+    page.goto(f"{live_server.url}/no-such-page/")
+    page.evaluate("() => fetch('/accounts/login/', {signal: AbortSignal.abort()}).catch(() => 0)")
+    page.wait_for_timeout(300)
+    assert f"404 for GET {live_server.url}/no-such-page/" in watch.problems
+    assert any(p.startswith("request failed: GET") and "app.css" in p for p in watch.problems)
+    assert not any("/accounts/login/" in p for p in watch.problems)
+    context.close()
