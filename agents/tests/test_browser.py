@@ -151,6 +151,10 @@ def test_a_new_user_runs_an_agent_from_the_dashboard(
     page.click("table.agents >> text=helper")
     page.wait_for_selector("#agent-status.status-running")
     assert page.is_visible("text=No messages yet.")
+    # Health, from the droplet: the container running, its CPU and memory.
+    page.wait_for_selector("#health-container:has-text('running on d1-local')")
+    assert " MiB of " in page.text_content("#health-resources")
+    assert page.text_content("#health-restarts") == "0 / no"
     page.screenshot(path=shots / "03-agent-running.png", full_page=True)
 
     # Chat: the reply appears without a reload.
