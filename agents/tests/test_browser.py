@@ -23,6 +23,7 @@ import pytest
 from django.test import Client
 
 from agents.models import Agent, AgentStatus
+from agents.tasks import send_cap_alerts
 from agents.tests.live_agents import OWNER_API
 from billing.tests.factories import PlanFactory
 from billing.tests.test_browser import POLICY, PageWatch, _origin, browser, shots  # noqa: F401
@@ -169,6 +170,21 @@ def test_a_new_user_runs_an_agent_from_the_dashboard(
     assert page.text_content("#tokens-used") != "0"  # spending moved
     page.screenshot(path=shots / "04-agent-chat.png", full_page=True)
     assert_accessible(page)
+
+    # Lower the daily cap to just above today's use: beat's next alert round mails the
+    # 80 % alert, once, and the page shows the cap nearly used.
+    used = Agent.objects.get(pk=agent.pk).tokens_today
+    visit(page, f"/billing/agents/{agent.pk}/")
+    page.get_by_label(label("Tokens per day")).fill(str(used + 1))
+    page.click("text=Save caps")
+    page.wait_for_selector("text=Limits saved.")
+    send_cap_alerts()  # what beat runs every minute
+    send_cap_alerts()
+    subjects = [mail.subject for mail in mailoutbox]
+    assert subjects.count("Safer-Claw: helper has used 80 % of its daily token cap") == 1
+    visit(page, f"/dashboard/agents/{agent.pk}/")
+    assert page.text_content("#tokens-used") == f"{used:,}"
+    assert page.get_attribute("#usage meter", "class") == "warn"
 
     # A schedule.
     page.get_by_label("When (cron, in the agent's time zone)").fill("30 7 * * 1-5")
