@@ -52,6 +52,11 @@ class Meter:
         return min(100, int(self.used * 100 / self.cap))
 
     @property
+    def shown(self) -> str:
+        """The amount used, in words: a few cents still show as more than $0.00."""
+        return money(self.used) if self.money else f"{int(self.used):,}"
+
+    @property
     def level(self) -> str:
         """For the bar's colour: ok below 80 %, warn from 80 %, full at the cap."""
         return "full" if self.percent >= 100 else "warn" if self.percent >= 80 else "ok"
@@ -80,6 +85,11 @@ def usage_of(agent: Agent, *, now: dt.datetime | None = None) -> Usage:
         money=True,
     )
     return Usage(tokens=tokens, cost=cost, paused_by=_paused_by(agent, tokens, cost))
+
+
+def money(amount: Decimal) -> str:
+    """Dollars as a person reads them: cents, or the digits that make a tiny amount show."""
+    return f"${amount:.6f}" if 0 < amount < Decimal("0.01") else f"${amount:.2f}"
 
 
 def _paused_by(agent: Agent, tokens: Meter, cost: Meter) -> Meter | None:
@@ -217,7 +227,7 @@ class Chart:
     title: str
     bars: list[Bar]
     points: str  # an SVG polyline's points, for a running total
-    cap_y: float
+    cap_y: float | None  # None: the cap is far above the chart's scale
     cap_label: str
     summary: str
     width: int = CHART_W
@@ -245,7 +255,7 @@ def usage_charts(agent: Agent, *, today: dt.date | None = None) -> list[Chart]:
             title="Tokens per day, last 30 days",
             bars=_bars(days, tokens, _top(tokens, token_cap), lambda d, v: f"{d}: {v:,} tokens"),
             points="",
-            cap_y=_y(token_cap, _top(tokens, token_cap)),
+            cap_y=_cap_y(token_cap, _top(tokens, token_cap)),
             cap_label=f"daily cap {token_cap:,}",
             summary=f"{sum(tokens):,} tokens in 30 days; the most in a day: {max(tokens):,}.",
         ),
@@ -253,15 +263,27 @@ def usage_charts(agent: Agent, *, today: dt.date | None = None) -> list[Chart]:
             title="Model cost, running total over the last 30 days",
             bars=[],
             points=_points(running, _top(running, cost_cap)),
-            cap_y=_y(cost_cap, _top(running, cost_cap)),
+            cap_y=_cap_y(cost_cap, _top(running, cost_cap)),
             cap_label=f"monthly cap ${cost_cap:.2f}",
-            summary=f"${total:.4f} in 30 days.",
+            summary=f"{money(total)} in 30 days.",
         ),
     ]
 
 
+# A cap more than this many times the busiest value is left off the chart (and said
+# so under it), or a month of light use would be a flat line at the bottom.
+CAP_OFF_CHART = 4
+
+
 def _top(values: list[Decimal], cap: Decimal) -> Decimal:
-    return max([*values, cap, Decimal("1e-9")]) * Decimal("1.1")
+    busiest = max(values, default=Decimal("0"))
+    if busiest > 0 and cap > busiest * CAP_OFF_CHART:
+        return busiest * Decimal("1.25")
+    return max(busiest, cap, Decimal("1e-9")) * Decimal("1.1")
+
+
+def _cap_y(cap: Decimal, top: Decimal) -> float | None:
+    return _y(cap, top) if cap <= top else None
 
 
 def _y(value: Decimal, top: Decimal) -> float:
@@ -299,6 +321,10 @@ class Share:
     calls: int
     tokens: int
     cost: Decimal
+
+    @property
+    def cost_shown(self) -> str:
+        return money(self.cost)
 
 
 def spending_since(agent: Agent, now: dt.datetime | None = None) -> dt.datetime:

@@ -23,6 +23,7 @@ import pytest
 from django.test import Client
 
 from agents.models import Agent, AgentStatus
+from agents.tasks import send_cap_alerts
 from agents.tests.live_agents import OWNER_API
 from billing.tests.factories import PlanFactory
 from billing.tests.test_browser import POLICY, PageWatch, _origin, browser, shots  # noqa: F401
@@ -151,6 +152,10 @@ def test_a_new_user_runs_an_agent_from_the_dashboard(
     page.click("table.agents >> text=helper")
     page.wait_for_selector("#agent-status.status-running")
     assert page.is_visible("text=No messages yet.")
+    # Health, from the droplet: the container running, its CPU and memory.
+    page.wait_for_selector("#health-container:has-text('running on d1-local')")
+    assert " MiB of " in page.text_content("#health-resources")
+    assert page.text_content("#health-restarts") == "0 / no"
     page.screenshot(path=shots / "03-agent-running.png", full_page=True)
 
     # Chat: the reply appears without a reload.
@@ -165,6 +170,21 @@ def test_a_new_user_runs_an_agent_from_the_dashboard(
     assert page.text_content("#tokens-used") != "0"  # spending moved
     page.screenshot(path=shots / "04-agent-chat.png", full_page=True)
     assert_accessible(page)
+
+    # Lower the daily cap to just above today's use: beat's next alert round mails the
+    # 80 % alert, once, and the page shows the cap nearly used.
+    used = Agent.objects.get(pk=agent.pk).tokens_today
+    visit(page, f"/billing/agents/{agent.pk}/")
+    page.get_by_label(label("Tokens per day")).fill(str(used + 1))
+    page.click("text=Save caps")
+    page.wait_for_selector("text=Limits saved.")
+    send_cap_alerts()  # what beat runs every minute
+    send_cap_alerts()
+    subjects = [mail.subject for mail in mailoutbox]
+    assert subjects.count("Safer-Claw: helper has used 80 % of its daily token cap") == 1
+    visit(page, f"/dashboard/agents/{agent.pk}/")
+    assert page.text_content("#tokens-used") == f"{used:,}"
+    assert page.get_attribute("#usage meter", "class") == "warn"
 
     # A schedule.
     page.get_by_label("When (cron, in the agent's time zone)").fill("30 7 * * 1-5")
@@ -251,4 +271,20 @@ def test_a_new_user_runs_an_agent_from_the_dashboard(
     page.wait_for_selector("text=helper was deleted")
     assert Agent.objects.get(pk=agent.pk).status == S.DELETED
     watch.assert_clean()
+    context.close()
+
+
+def test_the_strict_watch_catches_an_error_answer_and_a_failed_request(browser, live_server):  # noqa: F811
+    """The checks above can fail: an error answer of ours, and a request the network
+    drops (Playwright stands in for the network here); an aborted fetch is no failure."""
+    context = browser.new_context()
+    watch = StrictWatch(context, live_server.url)
+    page = context.new_page()
+    page.route("**/static/css/app.css", lambda route: route.abort("connectionreset"))
+    page.goto(f"{live_server.url}/no-such-page/")
+    page.evaluate("() => fetch('/accounts/login/', {signal: AbortSignal.abort()}).catch(() => 0)")
+    page.wait_for_timeout(300)
+    assert f"404 for GET {live_server.url}/no-such-page/" in watch.problems
+    assert any(p.startswith("request failed: GET") and "app.css" in p for p in watch.problems)
+    assert not any("/accounts/login/" in p for p in watch.problems)
     context.close()

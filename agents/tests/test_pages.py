@@ -54,7 +54,7 @@ def test_the_page_shows_status_spending_conversation_and_steps(owner, agent):
     html = owner.get(page(live.agent)).content.decode()
     assert 'id="agent-status" class="status status-running"' in html
     assert "1,500</strong> of 200,000" in html  # tokens today of the daily cap
-    assert "$2.5000</strong> of $10.00" in html
+    assert "$2.50</strong> of $10.00" in html
     assert "Hi &lt;b&gt;there&lt;/b&gt;" in html  # escaped, never markup
     assert "Hello!" in html
     assert "gpt-test" in html
@@ -254,7 +254,7 @@ def test_the_30_day_chart_draws_each_days_tokens_and_the_caps(owner, agent):
     assert html.count('class="bar"') == 30  # a bar for each day, zero or not
     assert "daily cap 200,000" in html
     assert "monthly cap $10.00" in html
-    assert "$2.5000 in 30 days." in html
+    assert "$2.50 in 30 days." in html
     assert "151,000 tokens in 30 days; the most in a day: 150,000." in html
 
 
@@ -304,8 +304,29 @@ def test_spending_is_broken_down_by_model_and_by_chat_or_schedule(owner, agent):
         r"<tr><td>([^<]+)</td><td>(\d+)</td><td>([\d,]+)</td><td>\$([\d.]+)</td></tr>", html
     )
     assert rows == [
-        ("gpt-a", "2", "110", "0.6250"),
-        ("gpt-b", "1", "50", "0.2500"),
-        ("chat", "2", "150", "0.7500"),
-        ("schedule 0 7 * * *", "1", "10", "0.1250"),
+        ("gpt-a", "2", "110", "0.62"),
+        ("gpt-b", "1", "50", "0.25"),
+        ("chat", "2", "150", "0.75"),
+        ("schedule 0 7 * * *", "1", "10", "0.12"),
     ]
+
+
+def test_light_use_is_charted_to_its_own_scale_and_a_tiny_cost_still_shows(owner, agent):
+    from gateway.models import UsageRecord, UsageStatus
+
+    UsageRecord.objects.create(
+        agent=agent,
+        provider="openai",
+        model="gpt-test",
+        status=UsageStatus.OK,
+        input_tokens=26,
+        cost=Decimal("0.000026"),
+        settled_at=timezone.now(),
+    )
+    Agent.objects.filter(pk=agent.pk).update(cost_this_period=Decimal("0.000026"))
+    html = owner.get(page(agent)).content.decode()
+    assert 'class="cap"' not in html  # both caps far above 26 tokens and $0.000026
+    assert "Daily cap 200,000: far above this chart, which is scaled to your use." in html
+    assert 'height="121.6" class="bar"' in html  # 26 tokens: 1/1.25 of the 152 px plot
+    assert "$0.000026</strong> of $10.00" in html
+    assert "$0.000026 in 30 days." in html

@@ -102,8 +102,47 @@
     });
   }
 
+  // Health: the container as its droplet reports it, and its last output, from the
+  // owner API (session auth; GETs need no CSRF token), every HEALTH_EVERY ms.
+  var health = document.getElementById("health");
+  var HEALTH_EVERY = 10000, healthTimer = null;
+  function text(id, value) { document.getElementById(id).textContent = value; }
+  function mib(bytes) { return Math.round(bytes / 1048576) + " MiB"; }
+  function showHealth(report) {
+    var c = report.container;
+    if (report.container_error) { text("health-container", "The droplet did not answer: " + report.container_error); }
+    else if (!c) { text("health-container", "None (the agent is " + report.status.replace("_", " ") + ")."); }
+    else { text("health-container", c.status + (c.running ? "" : " (exit code " + c.exit_code + ")") + " on " + report.droplet); }
+    text("health-restarts", c ? c.restart_count + " / " + (c.oom_killed ? "yes: it was killed for using too much memory" : "no") : "–");
+    var r = report.resources;
+    text("health-resources", r ? r.cpu_percent.toFixed(1) + " % / " + mib(r.memory_bytes) + " of " + mib(r.memory_limit_bytes) : "–");
+    text("health-alive", report.runtime_alive ? "yes" : "not lately");
+    return c;
+  }
+  function checkHealth() {
+    var get = { credentials: "same-origin", headers: { Accept: "application/json" } };
+    fetch(health.dataset.statusUrl, get)
+      .then(function (response) { return response.ok ? response.json() : null; })
+      .then(function (report) {
+        if (!report || !showHealth(report)) { return; }
+        return fetch(health.dataset.logsUrl + "?tail=40", { credentials: "same-origin", headers: { Accept: "text/plain" } })
+          .then(function (response) { return response.ok ? response.text() : null; })
+          .then(function (lines) { if (lines !== null) { text("logs", lines || "No output yet."); } });
+      })
+      .catch(function () { /* the next round tries again */ })
+      .then(function () {
+        window.clearTimeout(healthTimer);
+        if (!document.hidden) { healthTimer = window.setTimeout(checkHealth, HEALTH_EVERY); }
+      });
+  }
+  if (health) { checkHealth(); }
+
   var list = document.querySelector("#conversation .chat");
   if (list) { list.scrollTop = list.scrollHeight; }
-  document.addEventListener("visibilitychange", function () { if (!document.hidden) { poll(); } });
+  document.addEventListener("visibilitychange", function () {
+    if (document.hidden) { return; }
+    poll();
+    if (health) { window.clearTimeout(healthTimer); checkHealth(); }
+  });
   if (live.dataset.version) { schedule(); }
 })();
