@@ -110,6 +110,11 @@ def test_redis_down_sign_in_api_and_a_payment_still_work(
     assert ours(own_docker, agent) == [agent.container_id]
     assert AgentEvent.objects.filter(agent=agent, to_status=AgentStatus.RUNNING).count() == 1
     assert not OutboxTask.objects.exists()
-    # The cache is on Redis again.
-    caches["default"].set("probe-after", 1)
-    assert redis.Redis.from_url(server.url).exists(":1:probe-after")
+
+    # The cache is on Redis again, once its next try comes round (it waits
+    # RETRY_SECONDS after the last failure, however soon the agent ran).
+    def probe_reaches_redis():
+        caches["default"].set("probe-after", 1)
+        return redis.Redis.from_url(server.url).exists(":1:probe-after")
+
+    wait_until(probe_reaches_redis, what="the cache to use Redis again", seconds=30)
