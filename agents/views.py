@@ -219,16 +219,14 @@ def kill_switch(request: HttpRequest, agent_id: uuid.UUID) -> HttpResponse:
 @require_POST
 def add_schedule(request: HttpRequest, agent_id: uuid.UUID) -> HttpResponse:
     agent = _owned_agent(request, agent_id)
-    form = ScheduleForm(request.POST)
-    if form.is_valid():
-        try:
-            schedule_services.create_schedule(agent=agent, **form.cleaned_data)
-        except ValidationError as exc:
-            form.add_error(None, exc)
-        else:
-            messages.success(request, "Schedule added.")
-            return _to_page(agent)
-    return _page(request, agent, schedule_form=form, status=400)
+    return _apply_form(
+        request,
+        agent,
+        ScheduleForm(request.POST),
+        schedule_services.create_schedule,
+        done="Schedule added.",
+        form_name="schedule_form",
+    )
 
 
 @login_required
@@ -248,16 +246,28 @@ def delete_schedule(request: HttpRequest, agent_id: uuid.UUID, schedule_id: int)
 @require_POST
 def save_settings(request: HttpRequest, agent_id: uuid.UUID) -> HttpResponse:
     agent = _owned_agent(request, agent_id)
-    form = InstructionsForm(request.POST)
+    return _apply_form(
+        request,
+        agent,
+        InstructionsForm(request.POST),
+        schedule_services.set_instructions,
+        done="Settings saved; they apply from the next run.",
+        form_name="settings_form",
+    )
+
+
+def _apply_form(request, agent, form, service, *, done: str, form_name: str) -> HttpResponse:
+    """Run ``service`` with the form's data; on a refusal show the page again with
+    the form and its errors (a 400), on success go back to the page."""
     if form.is_valid():
         try:
-            schedule_services.set_instructions(agent=agent, **form.cleaned_data)
+            service(agent=agent, **form.cleaned_data)
         except ValidationError as exc:
             form.add_error(None, exc)
         else:
-            messages.success(request, "Settings saved; they apply from the next run.")
+            messages.success(request, done)
             return _to_page(agent)
-    return _page(request, agent, settings_form=form, status=400)
+    return _page(request, agent, status=400, **{form_name: form})
 
 
 def _words(exc: Exception) -> str:
