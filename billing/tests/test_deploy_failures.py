@@ -80,7 +80,6 @@ def test_a_deploy_onto_a_dead_droplet_ends_failed_with_its_reason_and_the_slot_f
     )
 
 
-
 @transactional
 def test_a_deploy_task_run_again_after_its_failure_tells_the_owner_once(failed_agent):
     # Its worker died after the failure, before acknowledging: the task runs again.
@@ -100,6 +99,7 @@ def test_a_failure_not_yet_told_when_its_worker_died_is_told_by_the_rerun(failed
     deploy_paid_agent.delay(str(failed_agent.pk))
     deploy_paid_agent.delay(str(failed_agent.pk))
     assert [m.subject for m in mail.outbox] == ["Your agent helper could not be started"]
+
 
 def test_retries_back_off_exponentially_with_a_little_jitter(settings):
     settings.DEPLOY_RETRY_BACKOFF_SECONDS = 10
