@@ -344,7 +344,12 @@ def stop_agent(
     agent.refresh_from_db()
     agent.transition(to, actor=actor, source=source, reason=reason)
     if agent.container_id and agent.droplet_id:
-        stop_container(agent.droplet, agent.container_id)
+        try:
+            stop_container(agent.droplet, agent.container_id)
+        except DropletError as exc:
+            if not exc.not_found:
+                raise
+            # Gone already (removed behind our back): stopped, as asked.
     return agent
 
 

@@ -382,7 +382,7 @@ def _run_paid_agent(agent: Agent, *, source: str, reason: str, actor: Any) -> st
             allowed_from=frozenset({S.PENDING_PAYMENT}),
         )
         enqueue_deploy(agent)
-        return f"agent {agent.pk} provisioning; deploy queued"
+        return f"agent {agent.pk} provisioning; deploy in the outbox"
     if agent.status == S.PAUSED and _paused_for_payment(agent):
         from billing.tasks import resume_paid_agent
 
