@@ -535,4 +535,22 @@ class CapAlert(models.Model):
         return f"{self.agent_id}: {self.cap} {self.threshold}% ({self.period})"
 
 
+class OwnerNotification(models.Model):
+    """A mail to an agent's owner, claimed here before it is sent: one row per
+    notification key (what happened and which event), so a task that runs again
+    (its worker died after sending, before acknowledging) sends nothing.
+
+    ``sent_at`` stays empty if the sender died between the claim and the send:
+    such a mail is lost rather than repeated, and this row shows it."""
+
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="notifications")
+    key = models.CharField(max_length=200, unique=True)
+    subject = models.CharField(max_length=200)
+    created_at = models.DateTimeField(auto_now_add=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return self.key
+
+
 from agents.conversations import Message, Note, Run, RunStep, Schedule  # noqa: E402, F401

@@ -3,8 +3,11 @@
 For each reachable droplet the containers labelled as ours are compared with
 the agents placed there, and drift is repaired:
 
-- a running agent whose container is gone, or has died for good, is marked
-  `failed` with the reason, and its slot is given back;
+- a running agent whose container is gone, or was stopped from outside (an
+  engine restart its restart policy did not survive), is deployed again if it
+  is paid for (the events say why), else marked `failed`; one whose container
+  died for good (out of memory, its restarts used up), or that keeps losing
+  it, is marked `failed` with the reason; either way its slot is given back;
 - an agent that should not be running (stopped, paused, killed) but whose
   container runs has it stopped;
 - a running agent that nothing pays for any more (``billing_active`` off) is
@@ -23,6 +26,7 @@ import datetime as dt
 import logging
 from dataclasses import dataclass, field
 
+from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
@@ -44,6 +48,9 @@ logger = logging.getLogger(__name__)
 S = AgentStatus
 AGENT_LABEL = "saferclaw.agent"
 STALLED_DEPLOY_AFTER = dt.timedelta(minutes=10)
+# A paid agent that keeps losing its container is failed rather than redeployed
+# without end.
+REDEPLOY_LIMIT, REDEPLOY_WINDOW = 3, dt.timedelta(hours=1)
 UNPAID_REASON = "paused: nothing pays for it (its subscription is not active)"
 
 
@@ -84,14 +91,17 @@ def _reconcile_agent(agent: Agent, container: ContainerSummary | None, repairs: 
         return
     if container is None:
         if agent.status == S.RUNNING:
-            _fail(agent, "its container disappeared from the droplet", repairs)
+            _lost_container(agent, "its container disappeared from the droplet", repairs)
         else:
             _free_slot(agent, agent.droplet_id)  # nothing left to start again
         return
     if agent.status == S.RUNNING and container.status in ("exited", "dead"):
-        reason = _why_it_died(agent.droplet, container.id)
+        reason, for_good = _why_it_died(agent.droplet, container.id)
         remove_container(agent.droplet, container.id)
-        _fail(agent, reason, repairs)
+        if for_good:
+            _fail(agent, reason, repairs)
+        else:
+            _lost_container(agent, reason, repairs)
     elif agent.status == S.RUNNING and not agent.billing_active:
         _pause_unpaid(agent, container, repairs)
     elif agent.status != S.RUNNING and container.status in ("running", "restarting"):
@@ -122,14 +132,47 @@ def _finish_dead_deploy(agent: Agent, repairs: Repairs) -> None:
         _fail(agent, "deploy did not finish, and nothing pays for it any more", repairs)
 
 
-def _why_it_died(droplet: Droplet, container_id: str) -> str:
+def _why_it_died(droplet: Droplet, container_id: str) -> tuple[str, bool]:
+    """Why the container exited, and whether for good: killed for its memory, or
+    its restart policy gave up. Otherwise it was stopped from outside (its engine
+    restarted and the policy did not bring it back, or someone stopped it)."""
     state = container_state(droplet, container_id)
+    if not (state.oom_killed or state.restart_count >= settings.AGENT_RESTART_MAX_RETRIES):
+        return f"its container was stopped outside Safer-Claw (exit code {state.exit_code})", False
     reason = f"its container stopped for good: exit code {state.exit_code}"
     if state.oom_killed:
         reason += ", killed for using more memory than its limit"
     if state.restart_count:
         reason += f", after {state.restart_count} restart(s)"
-    return reason
+    return reason, True
+
+
+def _lost_container(agent: Agent, reason: str, repairs: Repairs) -> None:
+    """A running agent has no working container, for a reason that is not its own
+    (an engine restarted, a container removed): a paid agent is deployed again,
+    its owner seeing why in its events; an unpaid one, or one that keeps losing
+    its container, is failed with the reason."""
+    if not agent.billing_active or _recent_redeploys(agent) >= REDEPLOY_LIMIT:
+        _fail(agent, reason, repairs)
+        return
+    from billing.services import enqueue_deploy  # billing builds on agents
+
+    revoke_agent_tokens(agent=agent)
+    droplet_id = agent.droplet_id
+    with transaction.atomic():  # the deploy is in the outbox exactly if this happened
+        agent.transition(S.FAILED, source="reconcile", reason=reason)
+        agent.transition(S.PROVISIONING, source="reconcile", reason=f"redeploying: {reason}")
+        _free_slot(agent, droplet_id)
+        enqueue_deploy(agent)
+    repairs.redeployed.append(str(agent.id))
+    logger.warning("reconcile: redeploying agent %s: %s", agent.id, reason)
+
+
+def _recent_redeploys(agent: Agent) -> int:
+    since = timezone.now() - REDEPLOY_WINDOW
+    return agent.events.filter(
+        source="reconcile", to_status=S.PROVISIONING, created_at__gte=since
+    ).count()
 
 
 def _pause_unpaid(agent: Agent, container: ContainerSummary, repairs: Repairs) -> None:

@@ -129,11 +129,14 @@ def _pinned_host(url: str) -> dict[str, str]:
 
 def _free_slot(agent: Agent, droplet_id) -> None:
     """Detach the agent from its droplet and give the slot back, once."""
-    released = Agent.objects.filter(pk=agent.pk, droplet_id=droplet_id).update(
-        droplet=None, container_id=""
-    )
-    if released:
-        release_slot(droplet_id)
+    # One transaction: a process killed between the two would leave the slot
+    # counted with no agent on it, and a rerun would not give it back.
+    with transaction.atomic():
+        released = Agent.objects.filter(pk=agent.pk, droplet_id=droplet_id).update(
+            droplet=None, container_id=""
+        )
+        if released:
+            release_slot(droplet_id)
     agent.droplet_id, agent.container_id = None, ""
 
 
@@ -341,7 +344,12 @@ def stop_agent(
     agent.refresh_from_db()
     agent.transition(to, actor=actor, source=source, reason=reason)
     if agent.container_id and agent.droplet_id:
-        stop_container(agent.droplet, agent.container_id)
+        try:
+            stop_container(agent.droplet, agent.container_id)
+        except DropletError as exc:
+            if not exc.not_found:
+                raise
+            # Gone already (removed behind our back): stopped, as asked.
     return agent
 
 

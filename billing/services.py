@@ -18,7 +18,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
-from django.core.mail import mail_admins, send_mail
+from django.core.mail import mail_admins
 from django.db import transaction
 from django.db.models import QuerySet
 from django.urls import reverse
@@ -32,6 +32,7 @@ from agents.models import (
     InvalidTransition,
     PaymentRequired,
 )
+from agents.notifications import last_event_key, notify_owner_once
 from agents.services import apply_agent_limits, create_agent
 from agents.tokens import revoke_agent_tokens
 from billing import stripe_client
@@ -381,7 +382,7 @@ def _run_paid_agent(agent: Agent, *, source: str, reason: str, actor: Any) -> st
             allowed_from=frozenset({S.PENDING_PAYMENT}),
         )
         enqueue_deploy(agent)
-        return f"agent {agent.pk} provisioning; deploy queued"
+        return f"agent {agent.pk} provisioning; deploy in the outbox"
     if agent.status == S.PAUSED and _paused_for_payment(agent):
         from billing.tasks import resume_paid_agent
 
@@ -611,7 +612,15 @@ def report_deploy_failure(*, agent: Agent, reason: str) -> None:
         logger.info("deploy of agent %s failed, but it is %s now", agent.pk, agent.status)
         return
     logger.error("deploy of agent %s failed for good: %s", agent.pk, agent.status_reason)
-    send_mail(
+    tell_deploy_failure(agent)
+
+
+def tell_deploy_failure(agent: Agent) -> None:
+    """Mail the owner and the operators about the agent's last failed deploy, once
+    (a task that runs again after its worker died finds the mail claimed)."""
+    sent = notify_owner_once(
+        agent=agent,
+        key=last_event_key(agent, "deploy-failed", S.FAILED),
         subject=f"Your agent {agent.name} could not be started",
         message=(
             f"We could not start your agent {agent.name}.\n\n"
@@ -619,14 +628,13 @@ def report_deploy_failure(*, agent: Agent, reason: str) -> None:
             "Our operators have been alerted and will start it again; your dashboard "
             "shows its state.\n"
         ),
-        from_email=None,
-        recipient_list=[agent.owner.email],
     )
-    mail_admins(
-        subject=f"Deploy failed: agent {agent.pk}",
-        message=f"{agent.name} of {agent.owner.email}: {agent.status_reason}\n"
-        "Retry it from admin (Billing > Failed agents) or `manage.py deploy_agent`.",
-    )
+    if sent:
+        mail_admins(
+            subject=f"Deploy failed: agent {agent.pk}",
+            message=f"{agent.name} of {agent.owner.email}: {agent.status_reason}\n"
+            "Retry it from admin (Billing > Failed agents) or `manage.py deploy_agent`.",
+        )
 
 
 def requeue_stalled_deploys() -> int:

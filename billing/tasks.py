@@ -17,6 +17,7 @@ from billing.services import (
     report_deploy_failure,
     requeue_stalled_deploys,
     stop_billing,
+    tell_deploy_failure,
 )
 from billing.stripe_client import StripeFailed
 from droplets.docker_client import DropletError
@@ -36,6 +37,15 @@ def deploy_paid_agent(self: Task, agent_id: str) -> None:
     agent `failed` with the reason, its slot free, its owner emailed.
     """
     agent = Agent.objects.filter(pk=agent_id).select_related("owner").first()
+    if (
+        agent is not None
+        and agent.status == S.FAILED
+        and agent.status_reason.startswith("deploy failed")
+    ):
+        # Run again after its worker died between failing and mailing: tell it
+        # now (once: the mail is claimed per failure).
+        tell_deploy_failure(agent)
+        return
     if agent is None or agent.status != S.PROVISIONING:
         # Paused, cancelled or deployed since this was queued: nothing to do.
         return

@@ -7,10 +7,10 @@ import logging
 
 from celery import shared_task
 from django.conf import settings
-from django.core.mail import send_mail
 from django.utils import timezone
 
 from agents.models import Agent, AgentStatus, InvalidTransition
+from agents.notifications import last_event_key, notify_owner_once
 from agents.services import DeployFailed, start_agent, stop_agent
 from droplets.docker_client import DropletError
 from gateway.metering import charge_unsettled_calls
@@ -30,18 +30,19 @@ def stop_agent_at_cap(self, agent_id: str) -> None:
     agent = Agent.objects.select_related("owner").get(pk=agent_id)
     if agent.status != AgentStatus.PAUSED:
         return  # started again (or killed) meanwhile
+    # Both steps are safe to run again (a worker lost mid-task, a retry): the
+    # stop changes nothing twice, and the mail is claimed once per pause.
     stop_agent(agent=agent, source="gateway", reason=agent.status_reason, to=AgentStatus.PAUSED)
-    if self.request.retries == 0:
-        send_mail(
-            subject=f"Safer-Claw: your agent {agent.name} is paused",
-            message=(
-                f"Your agent {agent.name} reached its {agent.status_reason.split(' reached')[0]}"
-                " and has been paused so it cannot spend more.\n\n"
-                "You can raise the cap or start it again from your dashboard."
-            ),
-            from_email=None,
-            recipient_list=[agent.owner.email],
-        )
+    notify_owner_once(
+        agent=agent,
+        key=last_event_key(agent, "paused-at-cap", AgentStatus.PAUSED),
+        subject=f"Safer-Claw: your agent {agent.name} is paused",
+        message=(
+            f"Your agent {agent.name} reached its {agent.status_reason.split(' reached')[0]}"
+            " and has been paused so it cannot spend more.\n\n"
+            "You can raise the cap or start it again from your dashboard."
+        ),
+    )
 
 
 @shared_task(ignore_result=True)

@@ -9,8 +9,8 @@ import uuid
 import pytest
 from django.db import connection
 
-from agents.models import Agent, AgentStatus
-from agents.reconciliation import UNPAID_REASON, reconcile_droplet
+from agents.models import Agent, AgentEvent, AgentStatus
+from agents.reconciliation import REDEPLOY_LIMIT, UNPAID_REASON, reconcile_droplet
 from agents.services import (
     LEASE_KEY_MASK,
     DeployFailed,
@@ -20,6 +20,7 @@ from agents.services import (
 )
 from agents.tasks import reconcile_agents
 from agents.tests.factories import paid
+from billing.models import OutboxTask
 from droplets.containers import ContainerSpec, container_state, run_container
 from droplets.models import Droplet
 
@@ -33,20 +34,54 @@ def running_agent(owner, name="helper") -> Agent:
 
 
 @pytest.mark.django_db
-def test_container_removed_behind_our_back_fails_the_agent(alice, local_droplet, engines):
+def test_a_paid_agent_whose_container_was_removed_is_deployed_again(alice, local_droplet, engines):
     agent = running_agent(alice)
     engines["d1"].containers.get(agent.container_id).remove(force=True)
 
     repairs = reconcile_droplet(local_droplet)
 
     agent.refresh_from_db()
-    assert repairs.failed == [str(agent.id)]
-    assert agent.status == S.FAILED
-    assert "disappeared" in agent.status_reason
-    assert agent.events.last().source == "reconcile"
+    assert (repairs.redeployed, repairs.failed) == ([str(agent.id)], [])
+    assert agent.status == S.PROVISIONING
+    assert agent.status_reason == "redeploying: its container disappeared from the droplet"
+    assert [(e.to_status, e.source) for e in agent.events.all()][-2:] == [
+        (S.FAILED, "reconcile"),
+        (S.PROVISIONING, "reconcile"),
+    ]
+    # Its deploy waits in the outbox for this transaction's commit.
+    assert list(OutboxTask.objects.values_list("task", "args")) == [
+        ("billing.tasks.deploy_paid_agent", [str(agent.pk)])
+    ]
     local_droplet.refresh_from_db()
     assert local_droplet.active_container_count == 0
     assert not agent.tokens.filter(revoked_at__isnull=True).exists()
+
+
+@pytest.mark.django_db
+def test_an_unpaid_agent_whose_container_was_removed_is_failed(alice, local_droplet, engines):
+    agent = running_agent(alice)
+    Agent.objects.filter(pk=agent.pk).update(billing_active=False)
+    engines["d1"].containers.get(agent.container_id).remove(force=True)
+
+    repairs = reconcile_droplet(local_droplet)
+
+    agent.refresh_from_db()
+    assert (repairs.redeployed, repairs.failed) == ([], [str(agent.id)])
+    assert (agent.status, agent.status_reason) == (
+        S.FAILED,
+        "its container disappeared from the droplet",
+    )
+    assert not OutboxTask.objects.exists()
+
+
+@pytest.mark.django_db
+def test_an_agent_that_keeps_losing_its_container_is_failed(alice, local_droplet, engines):
+    agent = running_agent(alice)
+    for _ in range(REDEPLOY_LIMIT):
+        AgentEvent.objects.create(agent=agent, source="reconcile", to_status=S.PROVISIONING)
+    engines["d1"].containers.get(agent.container_id).remove(force=True)
+
+    assert reconcile_droplet(local_droplet).failed == [str(agent.id)]
 
 
 @pytest.mark.django_db
@@ -121,16 +156,23 @@ def test_a_running_agent_nothing_pays_for_is_paused_and_its_container_stopped(
 
 
 @pytest.mark.django_db
-def test_dead_container_of_a_running_agent_fails_it_with_the_reason(alice, local_droplet, engines):
+def test_a_container_stopped_from_outside_is_replaced_with_the_reason(
+    alice, local_droplet, engines
+):
     agent = running_agent(alice)
-    engines["d1"].containers.get(agent.container_id).stop(timeout=5)
+    container = agent.container_id
+    engines["d1"].containers.get(container).stop(timeout=5)
 
-    reconcile_droplet(local_droplet)
+    assert reconcile_droplet(local_droplet).redeployed == [str(agent.id)]
 
     agent.refresh_from_db()
-    assert agent.status == S.FAILED
+    assert agent.status == S.PROVISIONING
     # 0, or 143 when SIGTERM lands before the runtime has set its handler
-    assert re.fullmatch(r"its container stopped for good: exit code (0|143)", agent.status_reason)
+    assert re.fullmatch(
+        r"redeploying: its container was stopped outside Safer-Claw \(exit code (0|143)\)",
+        agent.status_reason,
+    )
+    assert container not in [c.id for c in engines["d1"].containers.list(all=True)]
 
 
 @pytest.mark.django_db
@@ -285,7 +327,7 @@ def test_the_beat_task_reconciles_every_droplet(alice, local_droplet, tls_drople
     ).remove(force=True)
     reconcile_agents.delay()
     agent.refresh_from_db()
-    assert agent.status == S.FAILED
+    assert agent.status == S.PROVISIONING  # redeployed once this test's transaction commits
 
 
 def test_twenty_concurrent_deploys_place_exactly_the_capacity(

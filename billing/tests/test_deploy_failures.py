@@ -12,8 +12,9 @@ from django.core.management import call_command
 from django.urls import reverse
 from django.utils import timezone
 
-from agents.models import Agent, AgentStatus
+from agents.models import Agent, AgentStatus, OwnerNotification
 from billing.services import deploy_retry_delay, requeue_stalled_deploys
+from billing.tasks import deploy_paid_agent
 from billing.tests.helpers import checkout, post_event
 from droplets.containers import container_state
 from droplets.models import Droplet, DropletStatus
@@ -77,6 +78,27 @@ def test_a_deploy_onto_a_dead_droplet_ends_failed_with_its_reason_and_the_slot_f
         agent.status_reason,
         True,
     )
+
+
+@transactional
+def test_a_deploy_task_run_again_after_its_failure_tells_the_owner_once(failed_agent):
+    # Its worker died after the failure, before acknowledging: the task runs again.
+    assert len(mail.outbox) == 1
+    deploy_paid_agent.delay(str(failed_agent.pk))
+    assert len(mail.outbox) == 1
+    (claim,) = OwnerNotification.objects.filter(agent=failed_agent)
+    assert claim.key.startswith(f"deploy-failed:{failed_agent.pk}:")
+    assert claim.sent_at is not None
+
+
+@transactional
+def test_a_failure_not_yet_told_when_its_worker_died_is_told_by_the_rerun(failed_agent):
+    # As if the worker died between marking the agent failed and mailing.
+    OwnerNotification.objects.all().delete()
+    mail.outbox.clear()
+    deploy_paid_agent.delay(str(failed_agent.pk))
+    deploy_paid_agent.delay(str(failed_agent.pk))
+    assert [m.subject for m in mail.outbox] == ["Your agent helper could not be started"]
 
 
 def test_retries_back_off_exponentially_with_a_little_jitter(settings):

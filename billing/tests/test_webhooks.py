@@ -134,7 +134,7 @@ def test_a_paid_checkout_is_stored_then_moves_the_agent_to_provisioning(
     assert response.json()["outcome"] == "ok"
     stored = StripeEvent.objects.get(pk=event["id"])
     assert (stored.type, stored.outcome, stored.attempts) == ("checkout.session.completed", "ok", 1)
-    assert "deploy queued" in stored.message
+    assert "deploy in the outbox" in stored.message
     assert stored.payload == event
     pending.refresh_from_db()
     session = event["data"]["object"]

@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -356,3 +357,69 @@ class OwnEngine:
     def _containers(self) -> list[str]:
         listed = self.docker("ps", "-aq")
         return listed.stdout.decode().split() or ["none"]
+
+
+class SmtpServer:
+    """A mail server on loopback speaking just enough SMTP for Django's backend.
+
+    It keeps each message it accepts (250 to DATA). With ``hold_first_quit`` it
+    does not answer the first QUIT, so the sender stays blocked after its mail
+    was accepted, before its task can finish: the point to kill it at.
+    """
+
+    def __init__(self, *, hold_first_quit: bool = False) -> None:
+        self.port = free_port()
+        self.messages: list[bytes] = []
+        self.holding = threading.Event()  # a sender waits on its QUIT
+        self._release = threading.Event()
+        self._hold = hold_first_quit
+        self._sock = socket.create_server(("127.0.0.1", self.port))
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"smtp://127.0.0.1:{self.port}"
+
+    def start(self) -> SmtpServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._release.set()
+        self._sock.close()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:  # closed
+                return
+            threading.Thread(target=self._session, args=(conn,), daemon=True).start()
+
+    def _session(self, conn: socket.socket) -> None:
+        with conn, conn.makefile("rb") as lines:
+            conn.sendall(b"220 faults ESMTP\r\n")
+            for line in lines:
+                verb = line[:4].upper()
+                if verb == b"DATA":
+                    conn.sendall(b"354 go on\r\n")
+                    self.messages.append(self._read_data(lines))
+                    conn.sendall(b"250 kept\r\n")
+                elif verb == b"QUIT":
+                    if self._hold:
+                        self._hold = False
+                        self.holding.set()
+                        self._release.wait()
+                    conn.sendall(b"221 bye\r\n")
+                    return
+                else:  # EHLO, MAIL, RCPT, RSET, NOOP
+                    conn.sendall(b"250 ok\r\n")
+
+    @staticmethod
+    def _read_data(lines) -> bytes:
+        body = []
+        for line in lines:
+            if line == b".\r\n":
+                break
+            body.append(line)
+        return b"".join(body)

@@ -1,8 +1,9 @@
 """Fault: Redis (cache, rate limits and Celery's broker) goes away.
 
 A Redis server of the test's own is the cache and the broker; it is killed.
-Sign-in (with its throttle still counting), the API, the dashboard and the
-Stripe webhook keep answering; a payment made meanwhile is kept in the outbox
+Sign-in (with its throttle still counting), the API, the dashboard, the tool
+gateway (a model call answered and charged), the kill switch (a container
+stopped) and the Stripe webhook keep answering; a payment made meanwhile is kept in the outbox
 and, once Redis is back, a real Celery worker deploys the agent on a real
 engine, once.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+import httpx
 import pytest
 import redis
 from django.core.cache import caches
@@ -18,11 +20,18 @@ from django.test import Client
 from django.urls import reverse
 
 from agents.models import Agent, AgentEvent, AgentStatus
+from agents.services import create_agent, deploy_agent
+from agents.tests.factories import paid
+from agents.tests.test_kill_switch import OPERATOR_SECRET, sign
 from billing.models import OutboxTask
 from billing.services import flush_outbox
 from billing.tests.factories import PlanFactory
 from billing.tests.fake_stripe import fake_stripe_fixture, stripe_api_fixture  # noqa: F401
 from billing.tests.helpers import checkout, post_event
+from gateway.models import UsageStatus
+from gateway.tests.fake_providers import fake_provider_server, fake_providers  # noqa: F401
+from gateway.tests.fixtures import gateway, make_agent, prices  # noqa: F401
+from gateway.tests.helpers import MESSAGES, only_record
 from safer_claw.accounts.services import mint_api_token
 from safer_claw.accounts.tests.factories import PASSWORD
 from safer_claw.accounts.tests.test_login_throttle import attempt
@@ -48,10 +57,25 @@ def own_redis(own_broker, settings):
     return server, queue
 
 
-def test_redis_down_sign_in_api_and_a_payment_still_work(
-    own_redis, transactional_db, alice, stripe_api, own_droplet, own_engine, own_docker, tmp_path
+def test_redis_down_sign_in_api_gateway_kill_switch_and_a_payment_still_work(
+    own_redis,
+    transactional_db,
+    alice,
+    stripe_api,
+    own_droplet,
+    own_engine,
+    own_docker,
+    tmp_path,
+    gateway,  # noqa: F811
+    make_agent,  # noqa: F811
+    settings,
 ):
     server, queue = own_redis
+    settings.KILL_SWITCH_SECRET = [OPERATOR_SECRET]
+    doomed = deploy_agent(
+        agent=paid(create_agent(owner=alice, name="doomed", provider_key="sk-test"))
+    )
+    bot = make_agent()
     plan = PlanFactory(name="Basic", stripe_price_id="price_starter")
     _, api_token = mint_api_token(user=alice)
     caches["default"].set("probe", 1)
@@ -70,6 +94,28 @@ def test_redis_down_sign_in_api_and_a_payment_still_work(
     assert owner.get(reverse("dashboard:home")).status_code == 200
     api = Client(HTTP_AUTHORIZATION=f"Token {api_token}")
     assert api.get("/api/agents/").status_code == 200
+
+    # An agent's model call through the gateway is answered, and charged.
+    reply = httpx.post(
+        f"{gateway}/gateway/openai/v1/chat/completions",
+        headers={"authorization": f"Bearer {bot.token}"},
+        json={"model": "gpt-test", "messages": MESSAGES},
+        timeout=30,
+    )
+    assert reply.status_code == 200, reply.text
+    assert only_record(bot.agent).status == UsageStatus.OK
+
+    # The kill switch stops an agent's container.
+    killed = Client().post(
+        f"/webhooks/agent-kill/{doomed.pk}",
+        data=b"",
+        content_type="application/json",
+        headers=sign(OPERATOR_SECRET, b"", doomed.pk),
+    )
+    assert killed.status_code == 200, killed.content
+    doomed.refresh_from_db()
+    assert doomed.status == AgentStatus.KILLED
+    assert own_docker.containers.get(doomed.container_id).status == "exited"
 
     # A payment arrives: answered 200, and the deploy waits in the outbox.
     subscription = checkout(alice, plan)
