@@ -15,6 +15,7 @@ from allauth.account.models import EmailAddress
 from django.conf import settings as django_settings
 from django.contrib.auth import authenticate
 
+from agents.inbox_wakeups import stop_listener
 from agents.tests.live_agents import ControlPlane, deploy_live_agent
 from droplets.models import Droplet
 from droplets.tests.fixtures import TEST_CONTROL_PLANE_PORT
@@ -114,3 +115,4 @@ def test_after_the_demo_setup_an_agent_runs_and_answers(
     finally:
         server.stop()
         forget_prices()
+        stop_listener()  # its LISTEN connection goes before the test database is dropped
