@@ -14,7 +14,7 @@ from django.core.mail import send_mail
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from agents.models import Agent, OwnerNotification
+from agents.models import Agent, AgentStatus, OwnerNotification
 
 logger = logging.getLogger(__name__)
 
@@ -44,3 +44,21 @@ def last_event_key(agent: Agent, kind: str, to_status: str) -> str:
     """A key naming the agent's latest move to ``to_status``: one mail per such move."""
     event = agent.events.filter(to_status=to_status).order_by("-created_at", "-id").first()
     return f"{kind}:{agent.pk}:{event.pk if event else 'none'}"
+
+
+def tell_agent_failed(agent: Agent) -> bool:
+    """Mail the owner once per failure that their agent stopped for good, and why
+    (killed for its memory, restarts used up, its container lost too often)."""
+    if agent.status != AgentStatus.FAILED:
+        return False  # redeployed, deleted or started again meanwhile: nothing to say
+    return notify_owner_once(
+        agent=agent,
+        key=last_event_key(agent, "failed", AgentStatus.FAILED),
+        subject=f"Safer-Claw: your agent {agent.name} has stopped",
+        message=(
+            f"Your agent {agent.name} stopped and will not start again on its own: "
+            f"{agent.status_reason}.\n\n"
+            "Its conversation and settings are kept. Start it again from its page "
+            "once the cause is dealt with (for example by lowering what it keeps in memory)."
+        ),
+    )

@@ -189,10 +189,15 @@ def _pause_unpaid(agent: Agent, container: ContainerSummary, repairs: Repairs) -
 
 
 def _fail(agent: Agent, reason: str, repairs: Repairs) -> None:
+    from agents.tasks import tell_owner_agent_failed  # the tasks module imports this one
+    from billing.services import after_commit  # billing builds on agents
+
     revoke_agent_tokens(agent=agent)
     droplet_id = agent.droplet_id
-    agent.transition(S.FAILED, source="reconcile", reason=reason)
-    _free_slot(agent, droplet_id)
+    with transaction.atomic():  # the owner is told exactly if this happened
+        agent.transition(S.FAILED, source="reconcile", reason=reason)
+        _free_slot(agent, droplet_id)
+        after_commit(tell_owner_agent_failed, str(agent.id))
     repairs.failed.append(str(agent.id))
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 from celery import shared_task
 from django.conf import settings
 
-from agents import cap_alerts, conversation_services, schedule_services
+from agents import cap_alerts, conversation_services, notifications, schedule_services
 from agents.kill_switch import finish_kill
+from agents.models import Agent
 from agents.reconciliation import reconcile_all
 from droplets.docker_client import DropletError
 
@@ -14,6 +15,14 @@ from droplets.docker_client import DropletError
 @shared_task(ignore_result=True)
 def reconcile_agents() -> None:
     reconcile_all()
+
+
+@shared_task(ignore_result=True, autoretry_for=(OSError,), retry_backoff=30, max_retries=10)
+def tell_owner_agent_failed(agent_id: str) -> None:
+    """Safe to run again: the mail is claimed once per failure."""
+    agent = Agent.objects.select_related("owner").filter(pk=agent_id).first()
+    if agent is not None:
+        notifications.tell_agent_failed(agent)
 
 
 @shared_task(bind=True, ignore_result=True, max_retries=30)

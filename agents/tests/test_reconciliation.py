@@ -18,7 +18,7 @@ from agents.services import (
     create_agent,
     deploy_agent,
 )
-from agents.tasks import reconcile_agents
+from agents.tasks import reconcile_agents, tell_owner_agent_failed
 from agents.tests.factories import paid
 from billing.models import OutboxTask
 from droplets.containers import ContainerSpec, container_state, run_container
@@ -71,7 +71,10 @@ def test_an_unpaid_agent_whose_container_was_removed_is_failed(alice, local_drop
         S.FAILED,
         "its container disappeared from the droplet",
     )
-    assert not OutboxTask.objects.exists()
+    # No deploy waits in the outbox; only the owner's mail saying it failed.
+    assert list(OutboxTask.objects.values_list("task", flat=True)) == [
+        "agents.tasks.tell_owner_agent_failed"
+    ]
 
 
 @pytest.mark.django_db
@@ -177,7 +180,9 @@ def test_a_container_stopped_from_outside_is_replaced_with_the_reason(
 
 @pytest.mark.django_db
 @pytest.mark.django_db
-def test_oom_killed_agent_is_failed_with_a_reason_the_owner_understands(alice, local_droplet):
+def test_oom_killed_agent_is_failed_with_a_reason_the_owner_understands(
+    alice, local_droplet, mailoutbox, django_capture_on_commit_callbacks
+):
     from droplets.tests.test_containers import MEMORY_HOG, wait_until
 
     agent = paid(create_agent(owner=alice, name="hog", provider_key="sk-test", memory_limit="48m"))
@@ -208,13 +213,20 @@ def test_oom_killed_agent_is_failed_with_a_reason_the_owner_understands(alice, l
         what="the hog to exhaust its restarts",
     )
 
-    reconcile_droplet(local_droplet)
+    with django_capture_on_commit_callbacks(execute=True):
+        reconcile_droplet(local_droplet)
 
     agent.refresh_from_db()
     assert agent.status == S.FAILED
     assert "exit code 137, killed for using more memory than its limit, after 3 restart(s)" in (
         agent.status_reason
     )
+    # The owner is told, once: the task run again (a worker lost before its ack) sends nothing.
+    [mail] = mailoutbox
+    assert (mail.to, mail.subject) == ([alice.email], "Safer-Claw: your agent hog has stopped")
+    assert agent.status_reason in mail.body
+    tell_owner_agent_failed(str(agent.pk))
+    assert len(mailoutbox) == 1
 
 
 def agent_image() -> str:
