@@ -58,7 +58,6 @@ def tell_agent_failed(agent: Agent) -> bool:
         message=(
             f"Your agent {agent.name} stopped and will not start again on its own: "
             f"{agent.status_reason}.\n\n"
-            "Its conversation and settings are kept. Start it again from its page "
-            "once the cause is dealt with (for example by lowering what it keeps in memory)."
+            "Its conversation and settings are kept; its page shows what happened."
         ),
     )
