@@ -180,8 +180,11 @@ def fire_due_schedules(*, now: dt.datetime | None = None) -> int:
 
 def _fire(schedule_id: int, now: dt.datetime) -> bool:
     with transaction.atomic():
+        # Only the schedule's row: FOR UPDATE would lock the joined agent's row too,
+        # and skip the schedule whenever that row is busy (a runtime's poll, an
+        # admission), firing it a beat late or, in a test that fires once, never.
         schedule = (
-            Schedule.objects.select_for_update(skip_locked=True)
+            Schedule.objects.select_for_update(skip_locked=True, of=("self",))
             .select_related("agent")
             .filter(pk=schedule_id, enabled=True, next_fire_at__lte=now)
             .first()

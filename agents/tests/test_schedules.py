@@ -105,6 +105,36 @@ def test_two_workers_at_once_fire_once(agent):
     assert Message.objects.count() == 1
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_schedule_fires_while_its_agents_row_is_busy(agent):
+    """A runtime's poll or a gateway admission holds the agent's row for a moment;
+    the firing must not skip the schedule for it."""
+    live = make_running(agent)
+    create_schedule(agent=live.agent, cron="0 9 * * *", prompt="Hi", now=at(2026, 3, 2))
+    held, release = threading.Event(), threading.Event()
+
+    def hold_the_agents_row() -> None:
+        with connection.cursor() as cursor:
+            cursor.execute("BEGIN")
+            cursor.execute(
+                "SELECT 1 FROM agents_agent WHERE id = %s FOR NO KEY UPDATE", [live.agent.pk]
+            )
+            held.set()
+            release.wait(10)
+            cursor.execute("COMMIT")
+        connection.close()
+
+    holder = threading.Thread(target=hold_the_agents_row)
+    holder.start()
+    try:
+        assert held.wait(10)
+        assert fire_due_schedules(now=at(2026, 3, 2, 9, 0, 1)) == 1
+    finally:
+        release.set()
+        holder.join()
+    assert Message.objects.filter(role=MessageRole.SCHEDULE).count() == 1
+
+
 def test_a_firing_already_in_the_inbox_is_not_stored_twice(paris):
     schedule = create_schedule(agent=paris.agent, cron="0 9 * * *", prompt="Hi", now=at(2026, 3, 2))
     fire_due_schedules(now=at(2026, 3, 2, 8, 0, 1))
