@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from gateway.tests.fake_providers import Reply, refuse, render
+from gateway.tests.fake_providers import Reply, asgi_app
 
 PREFIX = "Demo model here (a stand-in, not a real LLM). You said:"
 
@@ -42,27 +42,4 @@ def reply_to(payload: dict[str, Any]) -> Reply:
     )
 
 
-async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-    assert scope["type"] == "http", scope["type"]
-    body = b""
-    more = True
-    while more:
-        message = await receive()
-        body += message.get("body", b"")
-        more = message.get("more_body", False)
-    headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
-    path = scope["path"]
-    planned = refuse(scope["method"], path, headers, body)
-    if planned is None:
-        payload = json.loads(body)
-        planned = render(path, headers, payload, reply_to(payload))
-    await send(
-        {
-            "type": "http.response.start",
-            "status": planned.status,
-            "headers": [(name.lower().encode(), value.encode()) for name, value in planned.headers],
-        }
-    )
-    for frame in planned.frames:
-        await send({"type": "http.response.body", "body": frame, "more_body": True})
-    await send({"type": "http.response.body", "body": b""})
+app = asgi_app(reply_to)

@@ -495,6 +495,43 @@ def anthropic_events(model: str, reply: Reply) -> list[tuple[str, dict[str, Any]
 # --- the server ---------------------------------------------------------------------------
 
 
+def asgi_app(reply_for: Callable[[dict[str, Any]], Reply]):
+    """An ASGI app answering each call in the provider's wire format with
+    ``reply_for(payload)``: the benchmark's and the demo's model stand-ins."""
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        assert scope["type"] == "http", scope["type"]
+        body = b""
+        more = True
+        while more:
+            message = await receive()
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+        headers = {
+            name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]
+        }
+        path = scope["path"]
+        planned = refuse(scope["method"], path, headers, body)
+        if planned is None:
+            payload = json.loads(body)
+            planned = render(path, headers, payload, reply_for(payload))
+        await send(
+            {
+                "type": "http.response.start",
+                "status": planned.status,
+                "headers": [
+                    (name.lower().encode(), value.encode()) for name, value in planned.headers
+                ],
+            }
+        )
+        # uvicorn frames a body without Content-Length as chunked: one chunk per event.
+        for frame in planned.frames:
+            await send({"type": "http.response.body", "body": frame, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+
+    return app
+
+
 class FakeProviders:
     """Both providers on one threaded HTTP/1.1 server at ``base_url``."""
 
