@@ -1,7 +1,8 @@
 """Running the gateway's statements (gateway.ledger_sql): on the event loop, or in a thread.
 
 On PostgreSQL the proxy runs them with psycopg's AsyncConnection from a small
-pool per event loop: no thread hop, one round trip each. Anywhere else (SQLite
+pool per event loop: no thread hop, one round trip each, calls that arrive
+together batched into one statement (gateway.batches). Anywhere else (SQLite
 for local runs) and for synchronous callers (the sweeper, tests) they run
 through Django's connection; async callers then hop to a thread (``in_db``).
 """
@@ -14,6 +15,7 @@ import functools
 import json
 import threading
 import uuid
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -22,10 +24,12 @@ from typing import Any
 import psycopg
 from django.conf import settings
 from django.db import connection, connections, transaction
+from django.utils import timezone
 from psycopg import AsyncRawCursor
 
 from agents.models import Agent
 from gateway import ledger_sql
+from gateway.batches import Batcher
 from gateway.metering import Price
 from gateway.providers import Call, Usage, tool_key
 
@@ -47,8 +51,10 @@ class AgentConfig:
     allowed_tools: Any  # as stored, handed back to the admission's freshness check
     allowed: frozenset[str]  # tool_key spellings
 
-    @property
+    @functools.cached_property
     def provider_key(self) -> str:
+        # Opened once per config, which the proxy keeps for CONFIG_TTL_SECONDS: the
+        # key is in this process's memory for the call anyway.
         field_ = Agent._meta.get_field("ai_api_key")
         return field_.open_for_pk(self.agent_id, self.sealed_key) if self.sealed_key else ""
 
@@ -163,6 +169,7 @@ def admit_params(
 ) -> dict[str, Any]:
     tools = config.allowed_tools
     return {
+        "agent": config.agent_id,  # a batch holds one call per agent
         "hash": token_hash,
         "cfg_provider": config.provider,
         "cfg_key": config.sealed_key,
@@ -267,6 +274,33 @@ def state_from_row(agent_id: uuid.UUID, row: tuple | None) -> AgentState | None:
 
 def refusal_params(run_id: uuid.UUID, model: str, detail: dict, now: dt.datetime) -> dict:
     return {"run": run_id, "model": model, "detail": json.dumps(detail), "now": now}
+
+
+def batch_params(calls: Sequence[dict[str, Any]], columns: dict[str, str]) -> dict[str, Any]:
+    """One PostgreSQL batch statement's parameters: an array per column, one element per
+    call, and the batch's own time."""
+    now = timezone.now()
+    params: dict[str, Any] = {name: [call[name] for call in calls] for name in columns}
+    params.update(now=now, today=now.date(), minute=int(now.timestamp() // 60))
+    return params
+
+
+def verdicts_from_rows(rows: list[tuple], count: int) -> list[Verdict | None]:
+    """Each call's verdict by its place in the batch (None: its token is unknown or revoked)."""
+    verdicts: list[Verdict | None] = [None] * count
+    for ord_, *row in rows:
+        verdicts[ord_ - 1] = verdict_from_row(row)
+    return verdicts
+
+
+def states_from_rows(
+    rows: list[tuple], reservations: Sequence[Reservation]
+) -> list[AgentState | None]:
+    """Each settlement's agent state by its place in the batch (None: settled already)."""
+    states: list[AgentState | None] = [None] * len(reservations)
+    for ord_, *row in rows:
+        states[ord_ - 1] = state_from_row(reservations[ord_ - 1].agent_id, row)
+    return states
 
 
 # --- through Django's connection (SQLite, and synchronous callers) ------------------------
@@ -441,6 +475,10 @@ class PgLedger:
     settlement included. A crash of the database before that flush can lose a
     settlement, never an admission: the call's row is then pending again and the
     sweeper charges its whole reservation (``metering.charge_unsettled_calls``).
+
+    Admissions and settlements go through a ``Batcher`` each: calls that arrive
+    while a statement runs share the next one (the batch statements), a lone call
+    runs the single-call statement at once.
     """
 
     def __init__(self) -> None:
@@ -478,7 +516,12 @@ class PgLedger:
         self._checking: set[asyncio.Task] = set()
         self._opening: asyncio.Future | None = None
         self._flush_lock = asyncio.Lock()
-        self._settled = self._durable = 0  # settlements committed, and known on disk
+        self._settled = self._durable = 0  # settlement batches committed, and known on disk
+        # Two admission statements may run at once, so one held up (an agent's row
+        # locked by an operator's edit) does not hold every call of this worker; the
+        # settlements, off the client's path, run one at a time in larger batches.
+        self._admissions = Batcher(self._admit_batch, in_flight=2, orphaned=self._release_orphan)
+        self._settlements = Batcher(self._settle_batch, in_flight=1)
 
     async def _rows(
         self, statement: str, params: dict[str, Any], *, durable: bool = False
@@ -520,23 +563,58 @@ class PgLedger:
 
     async def admit(self, params: dict[str, Any]) -> Verdict | None:
         # Durable before it returns: the caller forwards the call next.
-        rows = await self._rows("admit", params, durable=True)
-        return verdict_from_row(rows[0]) if rows else None
+        return await self._admissions.submit(params["agent"], params)
+
+    async def _admit_batch(self, calls: Sequence[dict[str, Any]]) -> list[Verdict | None]:
+        if len(calls) == 1:  # the single-call statement: no arrays to build or unnest
+            rows = await self._rows("admit", calls[0], durable=True)
+            return [verdict_from_row(rows[0]) if rows else None]
+        params = batch_params(calls, ledger_sql.ADMIT_COLUMNS)
+        rows = await self._rows("admit_batch", params, durable=True)
+        return verdicts_from_rows(rows, len(calls))
+
+    async def _release_orphan(self, params: dict[str, Any], verdict: Verdict | None) -> None:
+        """An admission whose caller was cancelled before it heard: nothing was
+        forwarded, so its reservation is released uncharged."""
+        if verdict is not None and verdict.code == "ok":
+            reservation = Reservation(
+                record_id=params["record"],
+                agent_id=verdict.agent_id,
+                run_id=verdict.run_id,
+                tokens=params["tokens"],
+                output_tokens=params["output"],
+                cost=params["cost"],
+                tool_calls=params["tools"],
+            )
+            outcome = Outcome(status="client_gone", http_status=None)
+            await self.settle(reservation, outcome, model=params["model"], now=timezone.now())
 
     async def settle(
         self, reservation: Reservation, outcome: Outcome, *, model: str, now
     ) -> AgentState | None:
         params = settle_params(reservation, outcome, model=model, now=now)
-        rows = await self._rows("settle", params)
+        return await self._settlements.submit(reservation.agent_id, (reservation, params))
+
+    async def _settle_batch(
+        self, settlements: Sequence[tuple[Reservation, dict[str, Any]]]
+    ) -> list[AgentState | None]:
+        if len(settlements) == 1:
+            reservation, params = settlements[0]
+            rows = await self._rows("settle", params)
+            states = [state_from_row(reservation.agent_id, rows[0] if rows else None)]
+        else:
+            params = batch_params([each for _, each in settlements], ledger_sql.SETTLE_COLUMNS)
+            rows = await self._rows("settle_batch", params)
+            states = states_from_rows(rows, [reservation for reservation, _ in settlements])
         self._settled += 1
         await self._flush(self._settled)
-        return state_from_row(reservation.agent_id, rows[0] if rows else None)
+        return states
 
     async def _flush(self, settled: int) -> None:
-        """Return once settlement number ``settled`` is on disk.
+        """Return once settlement batch number ``settled`` is on disk.
 
-        One flush at a time; settlements committed while one runs share the
-        next (a group commit), so concurrent calls need not flush each.
+        One flush at a time; batches committed while one runs share the next
+        (a group commit), so concurrent batches need not flush each.
         """
         async with self._flush_lock:
             if self._durable >= settled:

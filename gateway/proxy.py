@@ -4,10 +4,11 @@ Why not a Django view: Django's ASGI handler runs the middleware stack and hops
 to a thread for database work, which together cost more than the whole latency
 budget of a proxy. Here, on the event loop: the agent's token is checked before
 the body is read; the body is checked against the provider's allow-lists; ONE
-statement admits the call (gateway.ledger_sql), committed to disk before the call
-is forwarded with aiohttp (C-accelerated HTTP parsing, a pooled connector per
-loop); the answer goes back; and only then is the call settled, still durably (one statement),
-but off the client's path. A process that dies before settling leaves a pending
+statement admits the call (gateway.ledger_sql; calls arriving together share it:
+gateway.batches), committed to disk before the call is forwarded with aiohttp
+(C-accelerated HTTP parsing, a pooled connector per loop); the answer goes back;
+and only then is the call settled, still durably (one statement, shared the same
+way), but off the client's path. A process that dies before settling leaves a pending
 ledger row that the sweeper charges in full.
 """
 
@@ -263,13 +264,13 @@ async def admit(
             if verdict is None:
                 _configs.pop(token_hash, None)
                 raise Refused(401, "Invalid, unknown or revoked agent token.")
-            if wait is None or not verdict.code.endswith("_inflight"):
+            if wait is None or not (verdict.code == "busy" or verdict.code.endswith("_inflight")):
                 break
             await asyncio.sleep(wait)
             now = timezone.now()
         if verdict.code == "ok":
             return call, price, reservation_for(params, verdict, call)
-        if verdict.code != "stale":
+        if verdict.code not in ("stale", "busy"):
             refusal = refusal_for(verdict, tokens=call.worst_case_tokens, cost=cost)
             await record_refusal(verdict, call, refusal)
             raise Refused(refusal.status, refusal.message)
