@@ -4,7 +4,7 @@
 
 Sets up the same production-like gateway database as gateway_latency (PostgreSQL,
 one running agent, prices) and times, in this process on the event loop as the
-gateway runs them (psycopg AsyncConnection), p50 over N calls: the token lookup
+gateway runs them (asyncpg), p50 over N calls: the token lookup
 (before the body is read), the admission (one statement: verdict, rate count,
 reservation, ledger row), and the settlement (one statement, after the answer),
 against a bare ``SELECT 1`` round trip as the baseline (admission commits to disk, as it
@@ -115,8 +115,8 @@ def profile(token: str, count: int) -> None:
             await settle()
 
         async def select_one() -> None:
-            async with db.lazy_pool.connection() as conn:
-                await conn.execute("SELECT 1", prepare=True)
+            async with db.lazy_pool.acquire() as conn:  # open: db.config ran above
+                await conn.fetchval("SELECT 1")
 
         rows = [
             ("SELECT 1 (round trip baseline)", await timed_async(select_one, count)),

@@ -19,8 +19,6 @@ import logging
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from typing import Generic, TypeVar
 
-import psycopg
-
 logger = logging.getLogger(__name__)
 
 Item = TypeVar("Item")
@@ -36,8 +34,10 @@ class Batcher(Generic[Item, Result]):
         in_flight: int = 1,
         max_batch: int = MAX_BATCH,
         orphaned: Callable[[Item, Result], Awaitable[None]] | None = None,
+        outage: tuple[type[BaseException], ...] = (),
     ) -> None:
         self._run = run
+        self._outage = outage  # errors meaning the database is away, not a bad row
         self._orphaned = orphaned  # told of a result whose caller was cancelled meanwhile
         self._in_flight = in_flight
         self._max_batch = max_batch
@@ -83,7 +83,7 @@ class Batcher(Generic[Item, Result]):
     async def _resolve(self, batch: list[tuple[Hashable, Item, asyncio.Future]]) -> None:
         try:
             results = await self._run([item for _, item, _ in batch])
-        except psycopg.OperationalError as exc:  # the database is away: every call hears it
+        except self._outage as exc:  # the database is away: every call hears it
             _fail(batch, exc)
             return
         except Exception as exc:

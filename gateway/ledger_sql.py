@@ -412,7 +412,7 @@ def _sqlite() -> Statements:
 
 
 def _compact(statements: Statements) -> Statements:
-    # Short texts: psycopg caches its parse of a statement up to 4 KiB long.
+    # One line each: readable in PostgreSQL's logs and pg_stat_activity.
     return Statements(
         *(re.sub(r"\s+", " ", text).strip() for text in dataclasses.astuple(statements))
     )
@@ -420,10 +420,10 @@ def _compact(statements: Statements) -> Statements:
 
 @dataclass(frozen=True)
 class Raw:
-    """A statement in PostgreSQL's own ``$n`` form, for psycopg's raw cursor: psycopg
-    then parses no placeholders per call (it caches that parse only for short texts)."""
+    """A statement in PostgreSQL's own ``$n`` form, as asyncpg sends it (the proxy's
+    ledger): the names of its parameters in order."""
 
-    text: bytes
+    text: str
     names: tuple[str, ...]
 
     def args(self, params: dict) -> list:
@@ -438,7 +438,7 @@ def raw(sql: str) -> Raw:
             names.append(match.group(1))
         return f"${names.index(match.group(1)) + 1}"
 
-    return Raw(re.sub(r"%\((\w+)\)s", number, sql).encode(), tuple(names))
+    return Raw(re.sub(r"%\((\w+)\)s", number, sql), tuple(names))
 
 
 POSTGRESQL = _compact(_postgresql())

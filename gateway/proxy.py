@@ -22,15 +22,14 @@ from typing import Any
 
 import aiohttp
 import orjson
-import psycopg
 from django.conf import settings
-from django.db import DatabaseError
 from django.utils import timezone
 
 from agents.conversation_services import stop_run
 from agents.conversations import StopReason
 from agents.tokens import hash_token, looks_like_token
 from gateway.ledger import (
+    OUTAGE,
     AgentConfig,
     Outcome,
     Reservation,
@@ -61,9 +60,6 @@ INFLIGHT_WAITS = (0.002, 0.005, 0.01, 0.02, 0.04)
 PRICE_TTL_SECONDS = 10.0
 SLOWEST_TOKENS_PER_SECOND = 20  # a slow model's output rate, for a JSON answer's wait
 MAX_ERROR_BODY = 64 * 1024
-# PostgreSQL restarting or unreachable: psycopg's own errors (the pool's timeout
-# is one) on the event loop, Django's from the threads used with SQLite.
-DATABASE_DOWN = (psycopg.OperationalError, psycopg.InterfaceError, DatabaseError)
 RETRY_AFTER_SECONDS = "5"
 
 _sessions: dict[asyncio.AbstractEventLoop, aiohttp.ClientSession] = {}
@@ -178,7 +174,7 @@ async def handle(scope: dict, receive, send, provider: Provider) -> None:
     except BadRequest as exc:
         await refuse(send, provider, 400, str(exc), exc.param)
         return
-    except DATABASE_DOWN as exc:
+    except OUTAGE as exc:
         # Nothing was reserved (admission is one statement): the SDKs retry a 503.
         logger.warning("gateway: database unavailable (%s): answered 503", exc.__class__.__name__)
         await respond_json(
