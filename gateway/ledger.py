@@ -517,17 +517,26 @@ class PgLedger:
         self._settlements = Batcher(self._settle_batch, in_flight=1, outage=OUTAGE)
 
     async def _open(self) -> None:
-        """The two pools. They connect on demand (min_size=0): a database that is down
-        when the first call comes fails that call with a 503, not the pool for good."""
+        """The two pools, each with a connection ready (a call's settlement then does
+        not wait to connect). If the database is down when the first call comes, that
+        call fails with a 503 and the next one tries again."""
         size = settings.GATEWAY_DB_POOL_SIZE
-        self.lazy_pool, self.durable_pool = await asyncio.gather(
-            self._pool("off", max(size // 2, 2)), self._pool("on", size)
+        pools = await asyncio.gather(
+            self._pool("off", max(size // 2, 2)), self._pool("on", size), return_exceptions=True
         )
+        failed = [each for each in pools if isinstance(each, BaseException)]
+        if failed:
+            self._opening = None
+            for pool in pools:
+                if not isinstance(pool, BaseException):
+                    pool.terminate()
+            raise failed[0]
+        self.lazy_pool, self.durable_pool = pools
 
     def _pool(self, synchronous_commit: str, size: int):
         return asyncpg.create_pool(
             **self._target,
-            min_size=0,
+            min_size=1,
             max_size=size,
             timeout=POOL_TIMEOUT_SECONDS,  # connecting
             server_settings={"synchronous_commit": synchronous_commit},

@@ -58,6 +58,9 @@ SECRET_LOOKING = re.compile(r"(sk-[A-Za-z0-9_\-]{6,}|sca_[A-Za-z0-9_\-]{6,})")
 # sequential client's previous call settles just after its answer went out.
 INFLIGHT_WAITS = (0.002, 0.005, 0.01, 0.02, 0.04)
 PRICE_TTL_SECONDS = 10.0
+# A settlement the database was away for is tried again after these waits (about
+# two minutes in all, as long as a restart takes), then left to the sweeper.
+SETTLE_RETRY_WAITS = (0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60)
 SLOWEST_TOKENS_PER_SECOND = 20  # a slow model's output rate, for a JSON answer's wait
 MAX_ERROR_BODY = 64 * 1024
 RETRY_AFTER_SECONDS = "5"
@@ -345,14 +348,29 @@ class Settler:
         await asyncio.shield(self._settle(outcome))
 
     async def _settle(self, outcome: Outcome) -> None:
-        try:
-            state = await ledger().settle(
-                self.reservation, outcome, model=self.call.model, now=timezone.now()
-            )
-        except Exception:
-            # The pending row stays; the sweeper charges it in full.
-            logger.exception("settling call %s failed", self.reservation.record_id)
-            return
+        for wait in (*SETTLE_RETRY_WAITS, None):
+            try:
+                state = await ledger().settle(
+                    self.reservation, outcome, model=self.call.model, now=timezone.now()
+                )
+                break
+            except OUTAGE as exc:
+                # The database is away (a restart): the provider's usage is known
+                # and must not be lost, so try again. Settling twice is harmless:
+                # only a pending row is settled.
+                if wait is None:
+                    logger.error(
+                        "settling call %s failed: the database stayed away (%s); the "
+                        "sweeper will charge its reservation",
+                        self.reservation.record_id,
+                        exc.__class__.__name__,
+                    )
+                    return
+                await asyncio.sleep(wait)
+            except Exception:
+                # The pending row stays; the sweeper charges it in full.
+                logger.exception("settling call %s failed", self.reservation.record_id)
+                return
         if state is not None and state.status == "running" and _at_cap(state):
             await in_db(pause_if_at_cap, state)
 
