@@ -25,7 +25,7 @@ from urllib.parse import urlencode
 import asyncpg
 import psycopg
 from django.conf import settings
-from django.db import DatabaseError, connection, connections, transaction
+from django.db import InterfaceError, OperationalError, connection, connections, transaction
 from django.utils import timezone
 
 from agents.models import Agent
@@ -49,7 +49,8 @@ OUTAGE = (
     asyncpg.exceptions.OperatorInterventionError,
     psycopg.OperationalError,
     psycopg.InterfaceError,
-    DatabaseError,
+    OperationalError,
+    InterfaceError,
 )
 
 
