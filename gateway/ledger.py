@@ -15,6 +15,7 @@ import functools
 import json
 import threading
 import uuid
+import weakref
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -676,6 +677,13 @@ def connect_arguments(database: dict[str, Any]) -> dict[str, Any]:
 
 _ledgers: dict[asyncio.AbstractEventLoop, PgLedger | ThreadLedger] = {}
 _ledgers_lock = threading.Lock()
+# Loops whose ledger was closed (their server shutting down): a call still finishing
+# there must not open new pools that nothing would ever close.
+_closed_loops: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
+
+
+class LedgerClosed(RuntimeError):
+    pass
 
 
 def ledger() -> PgLedger | ThreadLedger:
@@ -686,6 +694,8 @@ def ledger() -> PgLedger | ThreadLedger:
         with _ledgers_lock:
             found = _ledgers.get(loop)
             if found is None:
+                if loop in _closed_loops:
+                    raise LedgerClosed("this event loop's gateway ledger was closed")
                 vendor = connections["default"].vendor
                 found = PgLedger() if vendor == "postgresql" else ThreadLedger()
                 _ledgers[loop] = found
@@ -694,8 +704,10 @@ def ledger() -> PgLedger | ThreadLedger:
 
 async def close_loop_ledger() -> None:
     """Close the running loop's ledger (its pool), from that loop."""
+    loop = asyncio.get_running_loop()
     with _ledgers_lock:
-        found = _ledgers.pop(asyncio.get_running_loop(), None)
+        found = _ledgers.pop(loop, None)
+        _closed_loops.add(loop)
     if found is not None:
         await found.close()
 
@@ -706,6 +718,7 @@ def close_ledgers(timeout: float = 10) -> None:
     with _ledgers_lock:
         found = list(_ledgers.items())
         _ledgers.clear()
+        _closed_loops.update(loop for loop, _ in found)
     for loop, each in found:
         if loop.is_running():
             asyncio.run_coroutine_threadsafe(each.close(), loop).result(timeout)
