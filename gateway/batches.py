@@ -39,6 +39,7 @@ class Batcher(Generic[Item, Result]):
         self._run = run
         self._outage = outage  # errors meaning the database is away, not a bad row
         self._orphaned = orphaned  # told of a result whose caller was cancelled meanwhile
+        self._orphans: set[asyncio.Task] = set()
         self._in_flight = in_flight
         self._max_batch = max_batch
         self._running = 0
@@ -99,7 +100,15 @@ class Batcher(Generic[Item, Result]):
             if not future.done():
                 future.set_result(result)
             elif future.cancelled() and self._orphaned is not None:
-                await self._orphaned(item, result)
+                # Apart, so the calls batched with it hear now, whatever it meets.
+                task = asyncio.get_running_loop().create_task(self._orphaned(item, result))
+                self._orphans.add(task)
+                task.add_done_callback(self._orphan_done)
+
+    def _orphan_done(self, task: asyncio.Task) -> None:
+        self._orphans.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("handling a cancelled call's result failed: %r", task.exception())
 
 
 def _fail(batch: list[tuple[Hashable, object, asyncio.Future]], exc: BaseException) -> None:

@@ -133,6 +133,36 @@ def test_a_result_whose_caller_was_cancelled_is_handed_to_the_orphan_handler():
     assert orphans == [(1, 2)]
 
 
+def test_a_failing_orphan_handler_does_not_keep_the_other_calls_waiting():
+    async def orphaned(item, result) -> None:
+        raise ConnectionRefusedError("the database went away meanwhile")
+
+    async def scenario():
+        gates = [asyncio.Event(), asyncio.Event()]
+        sent: list[list[int]] = []
+
+        async def run(items):
+            gate = gates[len(sent)]
+            sent.append(list(items))
+            await gate.wait()
+            return [item * 2 for item in items]
+
+        batcher = Batcher(run, in_flight=1, orphaned=orphaned)
+        blocker = asyncio.ensure_future(batcher.submit("a", 1))
+        await turns()
+        gone = asyncio.ensure_future(batcher.submit("b", 2))
+        kept = asyncio.ensure_future(batcher.submit("c", 3))
+        await turns()
+        gates[0].set()
+        await turns()
+        assert sent == [[1], [2, 3]]  # b and c are in flight together
+        gone.cancel()
+        gates[1].set()
+        return await asyncio.wait_for(asyncio.gather(blocker, kept), timeout=1)
+
+    assert asyncio.run(scenario()) == [2, 6]
+
+
 # --- the batch statements --------------------------------------------------------------------
 
 
