@@ -218,7 +218,11 @@ def verdict_from_row(row: tuple) -> Verdict:
     return Verdict(code, agent_id, run_id, *rest)
 
 
-def reservation_for(params: dict[str, Any], verdict: Verdict, call: Call) -> Reservation:
+def reservation_for(
+    params: dict[str, Any], verdict: Verdict, call: Call | None = None
+) -> Reservation:
+    """What the admitted call (its ``admit_params``) holds; ``call`` for the tools it
+    dropped, recorded at settlement."""
     return Reservation(
         record_id=params["record"],
         agent_id=verdict.agent_id,
@@ -227,7 +231,7 @@ def reservation_for(params: dict[str, Any], verdict: Verdict, call: Call) -> Res
         output_tokens=params["output"],
         cost=params["cost"],
         tool_calls=params["tools"],
-        dropped_tools=call.dropped_tools,
+        dropped_tools=call.dropped_tools if call else [],
     )
 
 
@@ -595,17 +599,10 @@ class PgLedger:
         """An admission whose caller was cancelled before it heard: nothing was
         forwarded, so its reservation is released uncharged."""
         if verdict is not None and verdict.code == "ok":
-            reservation = Reservation(
-                record_id=params["record"],
-                agent_id=verdict.agent_id,
-                run_id=verdict.run_id,
-                tokens=params["tokens"],
-                output_tokens=params["output"],
-                cost=params["cost"],
-                tool_calls=params["tools"],
-            )
             outcome = Outcome(status="client_gone", http_status=None)
-            await self.settle(reservation, outcome, model=params["model"], now=timezone.now())
+            await self.settle(
+                reservation_for(params, verdict), outcome, model=params["model"], now=timezone.now()
+            )
 
     async def settle(
         self, reservation: Reservation, outcome: Outcome, *, model: str, now

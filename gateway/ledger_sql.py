@@ -222,6 +222,19 @@ def _per_call(sql: str, columns: dict[str, str], alias: str) -> str:
     )
 
 
+# PostgreSQL's texts of the fragments both forms (one call, a batch) use.
+PG_OUTSIDE = "(CASE WHEN v.run_id IS NULL THEN 1 ELSE 0 END)"
+PG_REC_OUTSIDE = "(CASE WHEN rec.run_id IS NULL THEN 1 ELSE 0 END)"
+PG_SETTLE_AGENT_SET = SETTLE_AGENT_SET.format(
+    greatest="GREATEST",
+    rec_tokens="rec.reserved_tokens",
+    rec_cost="rec.reserved_cost",
+    rec_tools="rec.reserved_tool_calls",
+    outside=PG_REC_OUTSIDE,
+)
+PG_SETTLE_RUN_SET = SETTLE_RUN_SET.format(greatest="GREATEST")
+
+
 def _postgresql_batches() -> tuple[str, str]:
     verdict = _per_call(
         VERDICT_COLUMNS.replace("{tools_eq}", "a.allowed_tools = q.cfg_tools::jsonb"),
@@ -234,7 +247,6 @@ def _postgresql_batches() -> tuple[str, str]:
         "CASE\n WHEN row_number() OVER (PARTITION BY a.id ORDER BY q.ord) > 1 THEN 'busy'\n WHEN",
         1,
     )
-    outside = "(CASE WHEN v.run_id IS NULL THEN 1 ELSE 0 END)"
     values = (
         _per_call(
             RECORD_VALUES.format(agent="v.agent_id", run="v.run_id", json="::jsonb"),
@@ -244,7 +256,7 @@ def _postgresql_batches() -> tuple[str, str]:
         .replace("%(no_tools)s", "'[]'")
         .replace("%(no)s", "false")
     )
-    reserve = _per_call(RESERVE_SET.replace("{outside}", outside), ADMIT_COLUMNS, "q")
+    reserve = _per_call(RESERVE_SET.replace("{outside}", PG_OUTSIDE), ADMIT_COLUMNS, "q")
     admit = f"""
 WITH q AS MATERIALIZED ({_unnest(ADMIT_COLUMNS)}
 ), la AS MATERIALIZED (
@@ -270,19 +282,8 @@ WITH q AS MATERIALIZED ({_unnest(ADMIT_COLUMNS)}
     SELECT {values} FROM v JOIN q ON q.ord = v.ord WHERE v.code = 'ok'
 )
 SELECT * FROM v"""
-    rec_outside = "(CASE WHEN rec.run_id IS NULL THEN 1 ELSE 0 END)"
-    charge = _per_call(
-        SETTLE_AGENT_SET.format(
-            greatest="GREATEST",
-            rec_tokens="rec.reserved_tokens",
-            rec_cost="rec.reserved_cost",
-            rec_tools="rec.reserved_tool_calls",
-            outside=rec_outside,
-        ),
-        SETTLE_COLUMNS,
-        "rec",
-    )
-    run_charge = _per_call(SETTLE_RUN_SET.format(greatest="GREATEST"), SETTLE_COLUMNS, "rec")
+    charge = _per_call(PG_SETTLE_AGENT_SET, SETTLE_COLUMNS, "rec")
+    run_charge = _per_call(PG_SETTLE_RUN_SET, SETTLE_COLUMNS, "rec")
     settle = f"""
 WITH q AS MATERIALIZED ({_unnest(SETTLE_COLUMNS)}
 ), rec AS (
@@ -314,7 +315,6 @@ SELECT * FROM charged"""
 def _postgresql() -> Statements:
     admit_batch, settle_batch = _postgresql_batches()
     verdict = VERDICT_COLUMNS.replace("{tools_eq}", "a.allowed_tools = %(cfg_tools)s::jsonb")
-    outside = "(CASE WHEN v.run_id IS NULL THEN 1 ELSE 0 END)"
     values = RECORD_VALUES.format(agent="v.agent_id", run="v.run_id", json="::jsonb")
     admit = f"""
 WITH la AS MATERIALIZED (
@@ -327,7 +327,7 @@ WITH la AS MATERIALIZED (
 ), v AS MATERIALIZED (
     SELECT {verdict} FROM la AS a LEFT JOIN lr AS r ON true
 ), reserved AS (
-    UPDATE {AGENT} AS a SET {RESERVE_SET.replace("{outside}", outside)}
+    UPDATE {AGENT} AS a SET {RESERVE_SET.replace("{outside}", PG_OUTSIDE)}
     FROM v WHERE a.id = v.agent_id AND v.code = 'ok' RETURNING a.id
 ), run_reserved AS (
     UPDATE {RUN} AS r SET reserved_model_calls = r.reserved_model_calls + 1
@@ -336,25 +336,16 @@ WITH la AS MATERIALIZED (
     INSERT INTO {RECORD} ({RECORD_COLUMNS}) SELECT {values} FROM v WHERE v.code = 'ok'
 )
 SELECT * FROM v"""
-    rec_outside = "(CASE WHEN rec.run_id IS NULL THEN 1 ELSE 0 END)"
     settle = f"""
 WITH rec AS (
     UPDATE {RECORD} SET {RECORD_SET.format(json="::jsonb")}
     WHERE id = %(record)s AND status = 'pending'
     RETURNING agent_id, run_id, reserved_tokens, reserved_cost, reserved_tool_calls
 ), charged AS (
-    UPDATE {AGENT} AS a SET {
-        SETTLE_AGENT_SET.format(
-            greatest="GREATEST",
-            rec_tokens="rec.reserved_tokens",
-            rec_cost="rec.reserved_cost",
-            rec_tools="rec.reserved_tool_calls",
-            outside=rec_outside,
-        )
-    }
+    UPDATE {AGENT} AS a SET {PG_SETTLE_AGENT_SET}
     FROM rec WHERE a.id = rec.agent_id RETURNING {AGENT_STATE}
 ), run_charged AS (
-    UPDATE {RUN} AS r SET {SETTLE_RUN_SET.format(greatest="GREATEST")}
+    UPDATE {RUN} AS r SET {PG_SETTLE_RUN_SET}
     FROM rec WHERE r.id = rec.run_id RETURNING r.id
 ), step AS (
     {STEP_INSERT} SELECT id, 'model_call', %(model)s, %(detail)s::jsonb, %(now)s FROM run_charged

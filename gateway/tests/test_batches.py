@@ -74,10 +74,11 @@ def test_a_lone_call_goes_at_once_and_later_ones_wait_together_one_per_key():
     assert largest == 2
 
 
-def test_one_bad_call_does_not_fail_the_calls_batched_with_it():
+def behind_a_blocker(run: Recorder, batcher: Batcher) -> tuple[list[list[int]], list]:
+    """a:1 goes alone; b:2 and c:3, sent while it runs, go together next. What was
+    sent, and each call's outcome (a result or its error)."""
+
     async def scenario():
-        run = Recorder(fail_on=3)
-        batcher = Batcher(run, in_flight=1)
         blocker = asyncio.ensure_future(batcher.submit("a", 1))
         await turns()
         others = [asyncio.ensure_future(batcher.submit(k, v)) for k, v in [("b", 2), ("c", 3)]]
@@ -86,25 +87,20 @@ def test_one_bad_call_does_not_fail_the_calls_batched_with_it():
         outcomes = await asyncio.gather(blocker, *others, return_exceptions=True)
         return run.batches, outcomes
 
-    batches, outcomes = asyncio.run(scenario())
+    return asyncio.run(scenario())
+
+
+def test_one_bad_call_does_not_fail_the_calls_batched_with_it():
+    run = Recorder(fail_on=3)
+    batches, outcomes = behind_a_blocker(run, Batcher(run, in_flight=1))
     assert outcomes[:2] == [2, 4]
     assert isinstance(outcomes[2], ValueError)
     assert batches == [[1], [2, 3], [2], [3]]  # the failed batch, then each alone
 
 
 def test_a_database_outage_fails_the_whole_batch_without_retrying_each():
-    async def scenario():
-        run = Recorder(fail_on=2, error=ConnectionRefusedError)
-        batcher = Batcher(run, in_flight=1, outage=gl.OUTAGE)
-        blocker = asyncio.ensure_future(batcher.submit("a", 1))
-        await turns()
-        others = [asyncio.ensure_future(batcher.submit(k, v)) for k, v in [("b", 2), ("c", 3)]]
-        await turns()
-        run.release.set()
-        outcomes = await asyncio.gather(blocker, *others, return_exceptions=True)
-        return run.batches, outcomes
-
-    batches, outcomes = asyncio.run(scenario())
+    run = Recorder(fail_on=2, error=ConnectionRefusedError)
+    batches, outcomes = behind_a_blocker(run, Batcher(run, in_flight=1, outage=gl.OUTAGE))
     assert outcomes[0] == 2
     assert all(isinstance(each, ConnectionRefusedError) for each in outcomes[1:])
     assert batches == [[1], [2, 3]]
