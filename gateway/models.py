@@ -78,11 +78,15 @@ class UsageRecord(models.Model):
     """One model call: reserved before forwarding, settled after (the ledger)."""
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    agent = models.ForeignKey(Agent, on_delete=models.PROTECT, related_name="usage_records")
+    # Indexed by (agent, created_at) below: a lone agent_id index would only be one
+    # more to write on every call.
+    agent = models.ForeignKey(
+        Agent, on_delete=models.PROTECT, related_name="usage_records", db_index=False
+    )
     provider = models.CharField(max_length=16, choices=AIProvider.choices)
     model = models.CharField(max_length=100)
     status = models.CharField(
-        max_length=16, choices=UsageStatus.choices, default=UsageStatus.PENDING, db_index=True
+        max_length=16, choices=UsageStatus.choices, default=UsageStatus.PENDING
     )
     http_status = models.PositiveSmallIntegerField(null=True, blank=True)
     streamed = models.BooleanField(default=False)
@@ -117,7 +121,18 @@ class UsageRecord(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
-        indexes = [models.Index(fields=["agent", "created_at"])]
+        # Every call writes its row twice (admitted, settled), so each index costs
+        # every call: only the lookups that run are indexed. The sweeper looks for
+        # pending rows alone, which a partial index keeps small: a settled row
+        # leaves it.
+        indexes = [
+            models.Index(fields=["agent", "created_at"]),
+            models.Index(
+                fields=["created_at"],
+                condition=models.Q(status="pending"),
+                name="usage_pending_since",
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.agent_id} {self.model} {self.status}"
