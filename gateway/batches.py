@@ -10,6 +10,12 @@ the statement count per call falls, so the database keeps up with more calls.
 
 A batch holds one call per key (the agent): two calls of one agent in one
 statement would update its row once. A second call waits for the next batch.
+
+Off the client's path (settlements), a batch may also wait a moment for company:
+with ``linger`` set, while ``more_coming()`` says other calls are still in
+flight, the next batch is held up to ``linger`` seconds or until it is full. Under
+load that makes a few large statements of many small ones; a lone call (nothing
+else in flight) still goes at once.
 """
 
 from __future__ import annotations
@@ -35,6 +41,8 @@ class Batcher(Generic[Item, Result]):
         max_batch: int = MAX_BATCH,
         orphaned: Callable[[Item, Result], Awaitable[None]] | None = None,
         outage: tuple[type[BaseException], ...] = (),
+        linger: float = 0.0,
+        more_coming: Callable[[], bool] = lambda: False,
     ) -> None:
         self._run = run
         self._outage = outage  # errors meaning the database is away, not a bad row
@@ -45,6 +53,8 @@ class Batcher(Generic[Item, Result]):
         self._running = 0
         self.largest = 0  # the most calls sent in one statement so far
         self._waiting: list[tuple[Hashable, Item, asyncio.Future]] = []
+        self._linger, self._more_coming = linger, more_coming
+        self._lingering: asyncio.TimerHandle | None = None
 
     async def submit(self, key: Hashable, item: Item) -> Result:
         """``item``'s result, once the batch it went in has run."""
@@ -54,6 +64,30 @@ class Batcher(Generic[Item, Result]):
         return await future
 
     def _start(self) -> None:
+        if self._worth_waiting():
+            if self._lingering is None:
+                loop = asyncio.get_running_loop()
+                self._lingering = loop.call_later(self._linger, self._linger_over)
+            return
+        if self._lingering is not None:
+            self._lingering.cancel()
+            self._lingering = None
+        self._send_waiting()
+
+    def _worth_waiting(self) -> bool:
+        """Whether to hold the next batch back for company that is on its way."""
+        return (
+            self._linger > 0
+            and self._running < self._in_flight  # (else it waits for a slot anyway)
+            and 0 < len(self._waiting) < self._max_batch
+            and self._more_coming()
+        )
+
+    def _linger_over(self) -> None:
+        self._lingering = None
+        self._send_waiting()
+
+    def _send_waiting(self) -> None:
         while self._waiting and self._running < self._in_flight:
             batch = self._take()
             self.largest = max(self.largest, len(batch))

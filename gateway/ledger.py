@@ -38,6 +38,9 @@ from gateway.providers import Call, Usage, tool_key
 # How long a call waits for a database connection (or for connecting) before it is
 # answered 503.
 POOL_TIMEOUT_SECONDS = 5.0
+# How long a settlement may wait for the settlements of calls still in flight, to
+# share their statement (off the client's path; the reservation is held meanwhile).
+SETTLE_LINGER_SECONDS = 0.003
 # PostgreSQL restarting or unreachable, as each way of reaching it says so: asyncpg on
 # the event loop (a refused or dropped connection, a server shutting down or starting
 # up, no connection free in time), psycopg's and Django's in the threads (SQLite, sync
@@ -520,7 +523,17 @@ class PgLedger:
         self._admissions = Batcher(
             self._admit_batch, in_flight=2, orphaned=self._release_orphan, outage=OUTAGE
         )
-        self._settlements = Batcher(self._settle_batch, in_flight=1, outage=OUTAGE)
+        # Calls being admitted or admitted here, not yet settled: while there are
+        # any, a settlement waits a moment for theirs, so a busy worker settles in
+        # few, large statements.
+        self._unsettled: set[uuid.UUID] = set()
+        self._settlements = Batcher(
+            self._settle_batch,
+            in_flight=1,
+            outage=OUTAGE,
+            linger=SETTLE_LINGER_SECONDS,
+            more_coming=lambda: bool(self._unsettled),
+        )
 
     async def _open(self) -> None:
         """The two pools, each with a connection ready (a call's settlement then does
@@ -585,7 +598,15 @@ class PgLedger:
 
     async def admit(self, params: dict[str, Any]) -> Verdict | None:
         # Durable before it returns: the caller forwards the call next.
-        return await self._admissions.submit(params["agent"], params)
+        self._unsettled.add(params["record"])
+        try:
+            verdict = await self._admissions.submit(params["agent"], params)
+        except BaseException:
+            self._unsettled.discard(params["record"])
+            raise
+        if verdict is None or verdict.code != "ok":
+            self._unsettled.discard(params["record"])
+        return verdict
 
     async def _admit_batch(self, calls: Sequence[dict[str, Any]]) -> list[Verdict | None]:
         if len(calls) == 1:  # the single-call statement: no arrays to build or unnest
@@ -608,6 +629,7 @@ class PgLedger:
         self, reservation: Reservation, outcome: Outcome, *, model: str, now
     ) -> AgentState | None:
         params = settle_params(reservation, outcome, model=model, now=now)
+        self._unsettled.discard(reservation.record_id)
         return await self._settlements.submit(reservation.agent_id, (reservation, params))
 
     async def _settle_batch(

@@ -74,6 +74,55 @@ def test_a_lone_call_goes_at_once_and_later_ones_wait_together_one_per_key():
     assert largest == 2
 
 
+def test_with_company_on_its_way_a_batch_waits_for_it():
+    async def scenario():
+        run = Recorder()
+        run.release.set()
+        coming = [True]
+        # A linger no test reaches: only company, or its end, sends the batch.
+        batcher = Batcher(run, in_flight=1, linger=3600, more_coming=lambda: coming[0])
+        first = asyncio.ensure_future(batcher.submit("a", 1))
+        second = asyncio.ensure_future(batcher.submit("b", 2))
+        await turns()
+        held = list(run.batches)
+        coming[0] = False  # the last call in flight settles: nothing more to wait for
+        third = asyncio.ensure_future(batcher.submit("c", 3))
+        results = await asyncio.gather(first, second, third)
+        return held, run.batches, results
+
+    held, batches, results = asyncio.run(scenario())
+    assert held == []
+    assert batches == [[1, 2, 3]]
+    assert results == [2, 4, 6]
+
+
+def test_a_waiting_batch_goes_when_full_or_when_its_linger_is_over():
+    async def scenario():
+        run = Recorder()
+        run.release.set()
+        full = Batcher(run, max_batch=2, linger=3600, more_coming=lambda: True)
+        pair = await asyncio.gather(full.submit("a", 1), full.submit("b", 2))
+        brief = Batcher(run, linger=0.001, more_coming=lambda: True)
+        alone = await asyncio.wait_for(brief.submit("c", 3), timeout=30)
+        return run.batches, pair, alone
+
+    assert asyncio.run(scenario()) == ([[1, 2], [3]], [2, 4], 6)
+
+
+def test_with_nothing_else_in_flight_a_call_does_not_wait():
+    async def scenario():
+        run = Recorder()
+        batcher = Batcher(run, linger=3600, more_coming=lambda: False)
+        pending = asyncio.ensure_future(batcher.submit("a", 1))
+        await turns()
+        sent = list(run.batches)
+        run.release.set()
+        await pending
+        return sent
+
+    assert asyncio.run(scenario()) == [[1]]
+
+
 def behind_a_blocker(run: Recorder, batcher: Batcher) -> tuple[list[list[int]], list]:
     """a:1 goes alone; b:2 and c:3, sent while it runs, go together next. What was
     sent, and each call's outcome (a result or its error)."""
@@ -333,3 +382,5 @@ def test_many_agents_calling_at_once_are_each_charged_exactly(gateway, fake_prov
             assert agent.model_calls_outside_runs_today == calls_each
     largest = max(ledger._admissions.largest for ledger in gl._ledgers.values())
     assert largest > 1  # the calls really did share statements
+    # Every admitted call was counted out again: no settlement waits for a ghost.
+    assert all(not ledger._unsettled for ledger in gl._ledgers.values())
