@@ -32,6 +32,7 @@ from django.utils import timezone
 
 from agents.models import Agent, AgentStatus
 from agents.services import HOLDS_SLOT, _free_slot, deploy_lease, take_over_dead_deploy
+from agents.signals import redeploy_wanted
 from agents.tokens import revoke_agent_tokens
 from droplets.containers import (
     ContainerSummary,
@@ -43,6 +44,7 @@ from droplets.containers import (
 from droplets.docker_client import DropletError
 from droplets.models import Droplet, DropletStatus
 from droplets.services import record_droplet_event, record_droplet_failure
+from safer_claw.outbox import after_commit
 
 logger = logging.getLogger(__name__)
 S = AgentStatus
@@ -124,9 +126,7 @@ def _finish_dead_deploy(agent: Agent, repairs: Repairs) -> None:
         if not take_over_dead_deploy(agent):
             return
     if agent.billing_active:
-        from billing.services import enqueue_deploy  # billing builds on agents
-
-        enqueue_deploy(agent)
+        _ask_for_redeploy(agent)
         repairs.redeployed.append(str(agent.id))
     else:
         _fail(agent, "deploy did not finish, and nothing pays for it any more", repairs)
@@ -155,17 +155,23 @@ def _lost_container(agent: Agent, reason: str, repairs: Repairs) -> None:
     if not agent.billing_active or _recent_redeploys(agent) >= REDEPLOY_LIMIT:
         _fail(agent, reason, repairs)
         return
-    from billing.services import enqueue_deploy  # billing builds on agents
-
     revoke_agent_tokens(agent=agent)
     droplet_id = agent.droplet_id
     with transaction.atomic():  # the deploy is in the outbox exactly if this happened
         agent.transition(S.FAILED, source="reconcile", reason=reason)
         agent.transition(S.PROVISIONING, source="reconcile", reason=f"redeploying: {reason}")
         _free_slot(agent, droplet_id)
-        enqueue_deploy(agent)
+        _ask_for_redeploy(agent)
     repairs.redeployed.append(str(agent.id))
     logger.warning("reconcile: redeploying agent %s: %s", agent.id, reason)
+
+
+def _ask_for_redeploy(agent: Agent) -> None:
+    """Billing deploys what is paid for: it hears of this agent and queues its deploy."""
+    if not redeploy_wanted.send(sender=Agent, agent=agent):
+        # Nothing listens (billing not installed): beat's stalled-deploy check is
+        # then the only way back, so say so where operators look.
+        logger.error("reconcile: nothing queued the redeploy of agent %s", agent.id)
 
 
 def _recent_redeploys(agent: Agent) -> int:
@@ -190,7 +196,6 @@ def _pause_unpaid(agent: Agent, container: ContainerSummary, repairs: Repairs) -
 
 def _fail(agent: Agent, reason: str, repairs: Repairs) -> None:
     from agents.tasks import tell_owner_agent_failed  # the tasks module imports this one
-    from billing.services import after_commit  # billing builds on agents
 
     revoke_agent_tokens(agent=agent)
     droplet_id = agent.droplet_id

@@ -210,26 +210,3 @@ class FailedAgent(Agent):
         proxy = True
         verbose_name = "failed agent"
         verbose_name_plural = "failed agents (need an operator)"
-
-
-class OutboxTask(models.Model):
-    """A Celery task billing decided on, written in the same transaction as the
-    decision (a transactional outbox).
-
-    It is sent once the transaction commits and deleted once the broker took
-    it; if the broker was down, it stays here and beat's ``flush_outbox``
-    sends it when the broker is back. A task may so be sent twice (sent, then
-    the process died before the delete): every billing task is idempotent,
-    keyed on the agent's state, so its effect happens once.
-    """
-
-    task = models.CharField(max_length=200)
-    args = models.JSONField(default=list)
-    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
-    attempts = models.PositiveIntegerField(default=0)
-
-    class Meta:
-        ordering = ["created_at", "id"]
-
-    def __str__(self) -> str:
-        return f"{self.task}{tuple(self.args)}"

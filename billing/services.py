@@ -39,19 +39,17 @@ from billing import stripe_client
 from billing.models import (
     HOLDS_PLACE,
     Customer,
-    OutboxTask,
     Plan,
     Subscription,
     SubscriptionStatus,
 )
 from billing.stripe_client import StripeFailed
+from safer_claw.outbox import after_commit
 
 logger = logging.getLogger(__name__)
 S = AgentStatus
 MAX_RETRY_DELAY_SECONDS = 600
 STALLED_DEPLOY_MARGIN_SECONDS = 600
-# An outbox row younger than this is still its own commit hook's to send.
-OUTBOX_GRACE = dt.timedelta(seconds=20)
 
 
 class BillingMode(enum.StrEnum):
@@ -410,56 +408,6 @@ def enqueue_deploy(agent: Agent) -> None:
     from billing.tasks import deploy_paid_agent  # the tasks module imports this one
 
     after_commit(deploy_paid_agent, str(agent.pk))
-
-
-def after_commit(task: Any, *args: str) -> None:
-    """Queue a Celery task once the current transaction commits, without losing it.
-
-    The task is written to the outbox in the caller's transaction, so it exists
-    exactly when the change that asked for it does. After the commit it is sent
-    and its row deleted; if the broker cannot take it, that is logged and the
-    row stays for :func:`flush_outbox` (beat) to send once the broker is back.
-    """
-    row = OutboxTask.objects.create(task=task.name, args=list(args))
-
-    def enqueue() -> None:
-        try:
-            task.delay(*args)
-        except Exception as exc:  # any broker failure: the outbox keeps it
-            logger.warning(
-                "broker did not take %s%s (%s): left in the outbox", task.name, args, exc
-            )
-            return
-        OutboxTask.objects.filter(pk=row.pk).delete()
-
-    enqueue.__qualname__ = f"enqueue {task.name}{args}"  # what Django logs on failure
-    transaction.on_commit(enqueue, robust=True)
-
-
-def flush_outbox(*, older_than: dt.timedelta = OUTBOX_GRACE) -> int:
-    """Send the outbox's tasks that were not sent after their commit (the broker
-    was down, or the process died first). Returns how many it sent.
-
-    Rows younger than ``older_than`` are left to their own commit hook; each row
-    is locked (others skipped) so two flushes never send the same one.
-    """
-    from safer_claw.celery import app
-
-    sent = 0
-    cutoff = timezone.now() - older_than
-    while True:
-        with transaction.atomic():
-            row = (
-                OutboxTask.objects.select_for_update(skip_locked=True)
-                .filter(created_at__lt=cutoff)
-                .first()
-            )
-            if row is None:
-                return sent
-            # By name (eager in tests); raises while the broker is still down.
-            app.tasks[row.task].apply_async(args=row.args)
-            row.delete()
-        sent += 1
 
 
 # --- Cancelling ---------------------------------------------------------------------------

@@ -13,7 +13,6 @@ from agents.services import DeployFailed, delete_agent, deploy_agent, pause_agen
 from billing.models import Subscription
 from billing.services import (
     deploy_retry_delay,
-    flush_outbox,
     report_deploy_failure,
     requeue_stalled_deploys,
     stop_billing,
@@ -76,12 +75,6 @@ def deploy_paid_agent(self: Task, agent_id: str) -> None:
 def requeue_stalled_paid_deploys() -> None:
     """Beat: paid agents whose deploy was lost on the way are deployed after all."""
     requeue_stalled_deploys()
-
-
-@shared_task(ignore_result=True)
-def send_outbox() -> None:
-    """Beat: send the tasks the broker could not take when they were decided."""
-    flush_outbox()
 
 
 @shared_task(ignore_result=True)

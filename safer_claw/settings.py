@@ -194,7 +194,7 @@ CELERY_BEAT_SCHEDULE = {
         "task": "gateway.tasks.resume_agents_below_caps",
         "schedule": 300.0,
     },
-    "send-outbox": {"task": "billing.tasks.send_outbox", "schedule": 15.0},
+    "send-outbox": {"task": "safer_claw.tasks.send_outbox", "schedule": 15.0},
     "requeue-stalled-deploys": {
         "task": "billing.tasks.requeue_stalled_paid_deploys",
         "schedule": 300.0,

@@ -23,8 +23,8 @@ from agents.models import Agent, AgentEvent, AgentStatus
 from agents.services import create_agent, deploy_agent
 from agents.tests.factories import paid
 from agents.tests.test_kill_switch import OPERATOR_SECRET, sign
-from billing.models import OutboxTask
-from billing.services import flush_outbox
+from safer_claw.models import OutboxTask
+from safer_claw.outbox import flush_outbox
 from billing.tests.factories import PlanFactory
 from billing.tests.fake_stripe import fake_stripe_fixture, stripe_api_fixture  # noqa: F401
 from billing.tests.helpers import checkout, post_event
