@@ -31,6 +31,8 @@ def worker(tmp_path):
     queue = f"test-{uuid.uuid4().hex[:8]}"
     mail_dir = tmp_path / "mail"
     mail_dir.mkdir()
+    # To a file, not a pipe nobody reads until the end: a full pipe would stall it.
+    log = (tmp_path / "worker.log").open("w")
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "safer_claw.settings",
@@ -57,9 +59,8 @@ def worker(tmp_path):
         ],
         cwd=ROOT,
         env=env,
-        stdout=subprocess.PIPE,
+        stdout=log,
         stderr=subprocess.STDOUT,
-        text=True,
     )
     old_eager, old_queue = app.conf.task_always_eager, app.conf.task_default_queue
     app.conf.task_always_eager, app.conf.task_default_queue = False, queue
@@ -69,19 +70,32 @@ def worker(tmp_path):
         app.conf.task_always_eager, app.conf.task_default_queue = old_eager, old_queue
         process.terminate()
         process.wait(timeout=30)
+        log.close()
 
 
-def wait_for_file(folder: Path, process: subprocess.Popen, deadline_s: float = 60) -> Path:
+# Django's file mail backend ends each message with this line. The file exists from
+# the moment the backend opens it, so only this says the message is all there.
+MESSAGE_END = "-" * 79 + "\n"
+
+
+def wait_for_mail(folder: Path, process: subprocess.Popen, deadline_s: float = 60) -> str:
+    """The first message the worker delivered to ``folder``, once written whole."""
     deadline = time.monotonic() + deadline_s
     while time.monotonic() < deadline:
-        files = list(folder.iterdir())
-        if files:
-            return files[0]
+        for path in folder.iterdir():
+            text = path.read_text()
+            if text.endswith(MESSAGE_END):
+                return text
         if process.poll() is not None:
-            pytest.fail(f"worker exited early:\n{process.stdout.read()}")
+            pytest.fail(f"worker exited early:\n{worker_said(folder)}")
         time.sleep(0.2)
     process.terminate()
-    pytest.fail(f"no email within {deadline_s}s; worker said:\n{process.communicate()[0]}")
+    process.wait(timeout=30)
+    pytest.fail(f"no whole email within {deadline_s}s; worker said:\n{worker_said(folder)}")
+
+
+def worker_said(mail_dir: Path) -> str:
+    return (mail_dir.parent / "worker.log").read_text()
 
 
 def test_worker_process_delivers_the_signup_email(
@@ -95,6 +109,6 @@ def test_worker_process_delivers_the_signup_email(
         )
     assert response.status_code == 302
 
-    delivered = wait_for_file(mail_dir, process).read_text()
+    delivered = wait_for_mail(mail_dir, process)
     assert "To: erin@example.com" in delivered
     assert "/accounts/confirm-email/" in delivered
