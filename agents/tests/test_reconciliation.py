@@ -20,9 +20,9 @@ from agents.services import (
 )
 from agents.tasks import reconcile_agents, tell_owner_agent_failed
 from agents.tests.factories import paid
-from safer_claw.models import OutboxTask
 from droplets.containers import ContainerSpec, container_state, run_container
 from droplets.models import Droplet
+from safer_claw.models import OutboxTask
 
 pytestmark = [pytest.mark.docker]
 S = AgentStatus

@@ -23,8 +23,6 @@ from agents.models import Agent, AgentEvent, AgentStatus
 from agents.services import create_agent, deploy_agent
 from agents.tests.factories import paid
 from agents.tests.test_kill_switch import OPERATOR_SECRET, sign
-from safer_claw.models import OutboxTask
-from safer_claw.outbox import flush_outbox
 from billing.tests.factories import PlanFactory
 from billing.tests.fake_stripe import fake_stripe_fixture, stripe_api_fixture  # noqa: F401
 from billing.tests.helpers import checkout, post_event
@@ -35,6 +33,8 @@ from gateway.tests.helpers import MESSAGES, only_record
 from safer_claw.accounts.services import mint_api_token
 from safer_claw.accounts.tests.factories import PASSWORD
 from safer_claw.accounts.tests.test_login_throttle import attempt
+from safer_claw.models import OutboxTask
+from safer_claw.outbox import flush_outbox
 from safer_claw.tests.faults.conftest import ours
 from safer_claw.tests.faults.harness import (
     celery_worker,
