@@ -19,7 +19,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("accounts/api-tokens/", account_views.api_tokens, name="account_api_tokens"),
     path("accounts/", include("allauth.urls")),
-    path("dashboard/", include("agents.urls")),
+    path("dashboard/", include("safer_claw.dashboard.urls")),
     path("billing/", include("billing.urls")),
     path("integrations/", include("integrations.urls")),
     path("api/", include("safer_claw.accounts.urls")),

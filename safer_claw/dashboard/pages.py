@@ -1,4 +1,4 @@
-"""What the agent's page shows and does, apart from the HTTP handling (agents/views.py).
+"""What the dashboard's pages show and do, apart from the HTTP handling (views.py).
 
 Usage against the caps (and which cap paused the agent, until when), the
 conversation with each run's steps, the kill switch recipe filled in for one
@@ -20,6 +20,8 @@ from django.utils import timezone
 from agents.conversations import Message, Run, RunStep, Schedule
 from agents.kill_switch import KillOutcome, curl_recipe, kill_agent
 from agents.models import ALLOWED_TRANSITIONS, Agent, AgentEvent, AgentStatus, InvalidTransition
+from gateway.models import UsageRecord, UsageStatus
+from gateway.selectors import agent_daily_usage
 
 S = AgentStatus
 CONVERSATION_PAGE = 50
@@ -237,8 +239,6 @@ class Chart:
 def usage_charts(agent: Agent, *, today: dt.date | None = None) -> list[Chart]:
     """Tokens per UTC day against the daily token cap, and the running cost of those
     30 days against the monthly cost cap, from the usage ledger."""
-    from gateway.selectors import agent_daily_usage  # the gateway's ledger, read only
-
     today = today or timezone.now().astimezone(dt.UTC).date()
     days = agent_daily_usage(
         agent=agent, start=today - dt.timedelta(days=CHART_DAYS - 1), end=today
@@ -336,8 +336,6 @@ def spending_since(agent: Agent, now: dt.datetime | None = None) -> dt.datetime:
 def spending_breakdown(agent: Agent, *, since: dt.datetime) -> dict[str, list[Share]]:
     """Settled model calls since ``since``, by model and by what started them (the chat,
     a schedule, or no run), from the usage ledger."""
-    from gateway.models import UsageRecord, UsageStatus  # the gateway's ledger, read only
-
     calls = UsageRecord.objects.filter(
         agent=agent, created_at__gte=since, settled_at__isnull=False
     ).exclude(status=UsageStatus.PENDING)

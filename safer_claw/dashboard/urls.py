@@ -1,6 +1,6 @@
 from django.urls import path
 
-from agents import views
+from safer_claw.dashboard import views
 
 app_name = "dashboard"
 

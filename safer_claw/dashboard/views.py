@@ -17,14 +17,15 @@ from django.template.loader import render_to_string
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from agents import dashboard, schedule_services
+from agents import schedule_services
 from agents.conversation_services import AgentNotServing, InboxFull, send_owner_message
 from agents.conversations import Schedule
-from agents.forms import DeleteForm, InstructionsForm, MessageForm, ScheduleForm
 from agents.kill_switch import rotate_kill_secret
 from agents.models import Agent, AgentStatus, InvalidTransition
 from agents.services import DeployFailed, delete_agent, start_agent, stop_agent
 from droplets.docker_client import DropletError
+from safer_claw.dashboard import pages
+from safer_claw.dashboard.forms import DeleteForm, InstructionsForm, MessageForm, ScheduleForm
 
 S = AgentStatus
 
@@ -51,8 +52,8 @@ def dashboard_home(request: HttpRequest) -> HttpResponse:
 def _page(request: HttpRequest, agent: Agent, *, status: int = 200, **extra) -> HttpResponse:
     context = {
         **_live_context(agent),
-        "schedules": dashboard.schedules_of(agent),
-        "events": dashboard.recent_events(agent),
+        "schedules": pages.schedules_of(agent),
+        "events": pages.recent_events(agent),
         "message_form": MessageForm(),
         "schedule_form": ScheduleForm(),
         "settings_form": InstructionsForm(
@@ -75,7 +76,7 @@ def agent_page(request: HttpRequest, agent_id: uuid.UUID) -> HttpResponse:
 def agent_live(request: HttpRequest, agent_id: uuid.UUID) -> JsonResponse:
     """What the page polls: its state, and the conversation when it changed."""
     agent = _owned_agent(request, agent_id)
-    version = dashboard.conversation_version(agent)
+    version = pages.conversation_version(agent)
     body = {
         "status": agent.status,
         "label": agent.get_status_display(),
@@ -91,17 +92,17 @@ def agent_live(request: HttpRequest, agent_id: uuid.UUID) -> JsonResponse:
 
 def _live_context(agent: Agent) -> dict:
     """What the parts of the page that follow the agent live are rendered from."""
-    since = dashboard.spending_since(agent)
+    since = pages.spending_since(agent)
     return {
         "agent": agent,
-        "usage": dashboard.usage_of(agent),
-        "charts": dashboard.usage_charts(agent),
+        "usage": pages.usage_of(agent),
+        "charts": pages.usage_charts(agent),
         "since": since,
-        "breakdown": dashboard.spending_breakdown(agent, since=since),
-        "messages_list": dashboard.conversation(agent),
-        "version": dashboard.conversation_version(agent),
-        "can_start": agent.status in dashboard.STARTABLE,
-        "can_stop": agent.status in dashboard.STOPPABLE_ONE,
+        "breakdown": pages.spending_breakdown(agent, since=since),
+        "messages_list": pages.conversation(agent),
+        "version": pages.conversation_version(agent),
+        "can_start": agent.status in pages.STARTABLE,
+        "can_stop": agent.status in pages.STOPPABLE_ONE,
     }
 
 
@@ -179,9 +180,9 @@ def delete(request: HttpRequest, agent_id: uuid.UUID) -> HttpResponse:
 @require_http_methods(["GET", "POST"])
 def stop_all(request: HttpRequest) -> HttpResponse:
     """The control in every page's header: a confirmation, then every agent stopped."""
-    running = Agent.objects.filter(owner=request.user, status__in=dashboard.STOPPABLE)
+    running = Agent.objects.filter(owner=request.user, status__in=pages.STOPPABLE)
     if request.method == "POST":
-        outcomes = dashboard.stop_all_agents(owner=request.user)
+        outcomes = pages.stop_all_agents(owner=request.user)
         names = ", ".join(o.agent.name for o in outcomes) or "none were running"
         messages.success(request, f"Stopped all your agents ({names}).")
         return redirect("dashboard:home")
@@ -206,7 +207,7 @@ def kill_switch(request: HttpRequest, agent_id: uuid.UUID) -> HttpResponse:
     if not secret:
         messages.error(request, "This agent's kill secret cannot be read: make a new one.")
         return _to_page(agent)
-    recipe = dashboard.kill_switch_recipe(
+    recipe = pages.kill_switch_recipe(
         agent=agent, base_url=request.build_absolute_uri("/"), secret=secret
     )
     return _page(request, agent, kill_secret=secret, kill_recipe=recipe)
