@@ -88,7 +88,7 @@ def measure(ctx: dict, count: int) -> dict[str, list[float]]:
     from agents.conversations import Message, MessageRole, Run
     from agents.tests.live_agents import OWNER_API
     from gateway.models import UsageRecord
-    from gateway.tests.fake_providers import DEFAULT_TEXT
+    from gateway.provider_standin import DEFAULT_TEXT
 
     agent = deploy(ctx["owner"], "latency")
     _, token = AuthToken.objects.create(ctx["owner"])

@@ -3,7 +3,7 @@
     uvicorn safer_claw.demo_model:app --host 127.0.0.1 --port 8099 --lifespan off
 
 An ASGI app speaking OpenAI's chat completions (and Anthropic's messages) wire format,
-with the bytes of the tests' fake providers (``gateway/tests/fake_providers.py``): it
+with the bytes the tests' fake providers send (``gateway/provider_standin.py``): it
 answers every call by quoting the last thing the user said, so a new user sees their
 agent answer without an account at a model provider. It is no model: no tool calls.
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from gateway.tests.fake_providers import Reply, asgi_app
+from gateway.provider_standin import Reply, asgi_app
 
 PREFIX = "Demo model here (a stand-in, not a real LLM). You said:"
 

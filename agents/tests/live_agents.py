@@ -2,9 +2,9 @@
 lets containers reach it, a scriptable model behind the gateway, and agents deployed
 from the real runtime image with every hardening flag.
 
-The model stand-in is gateway/tests/fake_providers.py (OpenAI's wire format); here
-its answer is a function of the request it got, so a test can play an obedient,
-a stalling or a fully compromised model.
+The model stand-in is gateway/tests/fake_providers.py (OpenAI's wire format, from
+gateway/provider_standin.py); here its answer is a function of the request it got,
+so a test can play an obedient, a stalling or a fully compromised model.
 """
 
 from __future__ import annotations
@@ -28,9 +28,10 @@ from agents.services import create_agent, deploy_agent
 from droplets.models import Droplet
 from droplets.tests.fixtures import TEST_CONTROL_PLANE_PORT
 from gateway.models import ModelPrice
+from gateway.provider_standin import Reply
 from gateway.proxy import close_all as close_gateway
 from gateway.proxy import forget_prices
-from gateway.tests.fake_providers import FakeProviders, RecordedRequest, Reply
+from gateway.tests.fake_providers import FakeProviders, RecordedRequest
 
 GATEWAY_ADDRESS = "172.31.1.1"  # droplet 1's agent network gateway: the host, as containers see it
 CONTROL_PLANE_URL = f"http://{GATEWAY_ADDRESS}:{TEST_CONTROL_PLANE_PORT}"

@@ -28,7 +28,7 @@ from agents.tests.live_agents import OWNER_API
 from billing.tests.factories import PlanFactory
 from billing.tests.test_browser import POLICY, PageWatch, _origin, browser, shots  # noqa: F401
 from droplets.containers import container_state
-from gateway.tests.fake_providers import Reply
+from gateway.provider_standin import Reply
 from safer_claw.accounts.tests.factories import UserFactory
 
 pytestmark = [pytest.mark.browser, pytest.mark.docker, pytest.mark.django_db(transaction=True)]

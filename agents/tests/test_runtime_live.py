@@ -25,7 +25,7 @@ from agents.kill_switch import kill_agent
 from agents.models import Agent
 from agents.schedule_services import fire_due_schedules
 from agents.tests.live_agents import OWNER_API, deploy_live_agent, wait_for
-from gateway.tests.fake_providers import Reply
+from gateway.provider_standin import Reply
 
 pytestmark = [pytest.mark.docker]
 

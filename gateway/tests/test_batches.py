@@ -16,8 +16,8 @@ from agents.tokens import hash_token
 from gateway import ledger as gl
 from gateway.batches import Batcher
 from gateway.models import UsageRecord, UsageStatus
+from gateway.provider_standin import Reply
 from gateway.providers import OPENAI, Usage
-from gateway.tests.fake_providers import Reply
 from gateway.tests.helpers import MESSAGES, start_run, wait_for_settlement
 
 postgresql_only = pytest.mark.skipif(

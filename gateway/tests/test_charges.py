@@ -13,7 +13,7 @@ import openai
 import pytest
 
 from gateway.models import UsageStatus
-from gateway.tests.fake_providers import Reply
+from gateway.provider_standin import Reply
 from gateway.tests.helpers import MESSAGES, anthropic_client, only_record, openai_client
 
 

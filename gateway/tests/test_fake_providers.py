@@ -17,7 +17,8 @@ import httpx2
 import openai
 import pytest
 
-from gateway.tests.fake_providers import FakeProviders, Reply
+from gateway.provider_standin import Reply
+from gateway.tests.fake_providers import FakeProviders
 
 MESSAGES = [{"role": "user", "content": "Say hello."}]
 # A name the SDK knows nothing of: it warns about the ones it knows to be deprecated.

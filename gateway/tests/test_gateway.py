@@ -16,7 +16,7 @@ from django.core import mail
 from agents.models import AgentStatus
 from agents.tokens import revoke_agent_tokens
 from gateway.models import UsageRecord, UsageStatus
-from gateway.tests.fake_providers import Reply
+from gateway.provider_standin import Reply
 from gateway.tests.fixtures import ANTHROPIC_KEY, PROVIDER_KEY
 from gateway.tests.helpers import (
     MESSAGES,

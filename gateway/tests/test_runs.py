@@ -18,7 +18,7 @@ from django.utils import timezone
 from agents.conversations import MessageRole, Run, RunStatus, RunStep, StepKind, StopReason
 from agents.models import Agent
 from gateway.models import UsageRecord
-from gateway.tests.fake_providers import Reply
+from gateway.provider_standin import Reply
 from gateway.tests.helpers import (
     MESSAGES,
     function_tool,

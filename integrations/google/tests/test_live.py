@@ -21,7 +21,7 @@ from agents.conversations import Message, Run, RunStep, Schedule
 from agents.models import AgentEvent
 from agents.schedule_services import fire_due_schedules
 from agents.tests.live_agents import Owner, deploy_live_agent, wait_for
-from gateway.tests.fake_providers import Reply
+from gateway.provider_standin import Reply
 from integrations.google.models import GoogleIntegration, IntegrationStatus
 from integrations.google.tests.google import connect_as_owner, event, mail
 
