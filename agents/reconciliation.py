@@ -169,8 +169,8 @@ def _lost_container(agent: Agent, reason: str, repairs: Repairs) -> None:
 def _ask_for_redeploy(agent: Agent) -> None:
     """Billing deploys what is paid for: it hears of this agent and queues its deploy."""
     if not redeploy_wanted.send(sender=Agent, agent=agent):
-        # Nothing listens (billing not installed): beat's stalled-deploy check is
-        # then the only way back, so say so where operators look.
+        # Nothing listens (billing's receiver is not connected): nothing will deploy
+        # the agent, which stays provisioning, so say so where operators look.
         logger.error("reconcile: nothing queued the redeploy of agent %s", agent.id)
 
 
