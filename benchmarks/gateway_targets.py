@@ -6,6 +6,7 @@
   default ``postgres://postgres@127.0.0.1:5432``; Redis db 7, flushed; the database and
   Redis can be set apart with ``BENCH_GATEWAY_DATABASE`` and ``BENCH_REDIS_URL``), with a running
   agent per provider, caps no run reaches, prices, and a token;
+- a bare proxy (``benchmarks/bare_proxy.py`` under uvicorn): relaying alone, no metering;
 - LiteLLM's proxy, from its own virtualenv in ``.bench-venv/litellm`` (created on first
   use: its pins would clash with ours), with a generated config, no database.
 
@@ -367,6 +368,30 @@ def our_gateway(
         for provider, each in tokens.items():
             target.urls[provider] = f"{base}/gateway/{provider}{PATHS[provider]}"
             target.headers[provider] = [auth_headers(provider, token) for token in each]
+        yield target
+
+
+# --- a bare proxy -------------------------------------------------------------------------
+
+
+@contextmanager
+def bare_proxy(logs: Path, upstream: str) -> Iterator[Target]:
+    """``benchmarks/bare_proxy.py`` in front of the stand-in, as many workers as ours."""
+    target = Target(name="bare proxy", cpu=session_cpu("bare"))
+    port = free_port()
+    env = {**base_env(), "PYTHONPATH": str(ROOT), "BARE_UPSTREAM": upstream}
+    command = uvicorn_command("benchmarks.bare_proxy:app", port, "--workers", str(GATEWAY_WORKERS))
+    with process("bare", command, env, logs) as log_path:
+        base = f"http://127.0.0.1:{port}"
+        try:
+            wait_ready(base, log_path, timeout=30)
+        except StartFailed as exc:
+            target.down = str(exc)
+            yield target
+            return
+        for provider, path in PATHS.items():
+            target.urls[provider] = base + path
+            target.headers[provider] = [auth_headers(provider, UPSTREAM_KEY)]
         yield target
 
 
