@@ -44,6 +44,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.gateway_latency import describe_machine, load, run_cell  # noqa: E402
 from benchmarks.gateway_targets import (  # noqa: E402
+    CLOCK_TICKS,
     DATABASE,
     MODELS,
     POSTGRES,
@@ -89,11 +90,10 @@ async def measure(target: Target, provider: str, clients: int, seconds: float) -
     calls = len(cell.total)
     if cell.errors or not calls:
         raise SystemExit(f"{target.name}: calls failed: {dict(cell.errors)}")
-    jiffy = 1 / 100  # USER_HZ
     return Sample(
         throughput=cell.throughput,
         busy=(busy1 - busy0) / (total1 - total0),
-        cpu_per_call=(busy1 - busy0) * jiffy / calls,
+        cpu_per_call=(busy1 - busy0) / CLOCK_TICKS / calls,
         client_per_call=(own_cpu() - client0) / calls,
         own_per_call=(target.cpu() - own0) / calls,
     )
@@ -125,10 +125,11 @@ async def durable_insert_cost(clients: int, seconds: float) -> float:
         await pool.close()
         await setup.execute("DROP TABLE headroom_probe")
         await setup.close()
-    return (busy1 - busy0) / 100 / done
+    return (busy1 - busy0) / CLOCK_TICKS / done
 
 
 def median(samples: list[Sample]) -> Sample:
+    """Each column's median over the rounds."""
     return Sample(
         *(statistics.median(getattr(s, name) for s in samples) for name in Sample.__annotations__)
     )
