@@ -73,6 +73,15 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def at_provider_paths(target: Target, base: str, key: str) -> Target:
+    """``target`` serving each provider at the provider's own path under ``base``, with
+    one key (the stand-in, and the proxies that speak the providers' paths)."""
+    for provider, path in PATHS.items():
+        target.urls[provider] = base + path
+        target.headers[provider] = [auth_headers(provider, key)]
+    return target
+
+
 def auth_headers(provider: str, key: str) -> dict[str, str]:
     if provider == "openai":
         return {"Authorization": f"Bearer {key}"}
@@ -191,12 +200,8 @@ def standin(logs: Path, reply_words: int) -> Iterator[Target]:
     with process("standin", command, env, logs) as log_path:
         base = f"http://127.0.0.1:{port}"
         wait_ready(base, log_path, timeout=30)
-        yield Target(
-            name="direct",
-            cpu=session_cpu("standin"),
-            urls={provider: base + path for provider, path in PATHS.items()},
-            headers={provider: [auth_headers(provider, UPSTREAM_KEY)] for provider in PATHS},
-        )
+        target = Target(name="direct", cpu=session_cpu("standin"))
+        yield at_provider_paths(target, base, UPSTREAM_KEY)
 
 
 # --- our gateway ----------------------------------------------------------------------------
@@ -389,10 +394,7 @@ def bare_proxy(logs: Path, upstream: str) -> Iterator[Target]:
             target.down = str(exc)
             yield target
             return
-        for provider, path in PATHS.items():
-            target.urls[provider] = base + path
-            target.headers[provider] = [auth_headers(provider, UPSTREAM_KEY)]
-        yield target
+        yield at_provider_paths(target, base, UPSTREAM_KEY)
 
 
 # --- LiteLLM ------------------------------------------------------------------------------
@@ -491,10 +493,7 @@ def litellm_proxy(logs: Path, upstream: str) -> Iterator[Target]:
             target.down = str(exc)
             yield target
             return
-        for provider, path in PATHS.items():
-            target.urls[provider] = base + path
-            target.headers[provider] = [auth_headers(provider, master_key)]
-        yield target
+        yield at_provider_paths(target, base, master_key)
 
 
 @contextmanager
