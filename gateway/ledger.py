@@ -41,16 +41,21 @@ POOL_TIMEOUT_SECONDS = 5.0
 # How long a settlement may wait for the settlements of calls still in flight, to
 # share their statement (off the client's path; the reservation is held meanwhile).
 SETTLE_LINGER_SECONDS = 0.003
-# PostgreSQL restarting or unreachable, as each way of reaching it says so: asyncpg on
-# the event loop (a refused or dropped connection, a server shutting down or starting
-# up, no connection free in time), psycopg's and Django's in the threads (SQLite, sync
-# callers). Nothing else is read as an outage.
+# PostgreSQL restarting, unreachable or unusable, as each way of reaching it says so:
+# asyncpg on the event loop (a refused or dropped connection, a server shutting down or
+# starting up, no connection free in time; a connection refused its database or its
+# credentials, or the server out of connections, memory or disk), psycopg's and Django's
+# in the threads (SQLite, sync callers), whose OperationalError covers the same. Nothing
+# else is read as an outage: the client gets a 503 to retry, the log one line naming it.
 OUTAGE = (
     OSError,
     TimeoutError,
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
     asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.InvalidCatalogNameError,
+    asyncpg.InvalidAuthorizationSpecificationError,
+    asyncpg.InsufficientResourcesError,
     psycopg.OperationalError,
     psycopg.InterfaceError,
     OperationalError,

@@ -1,16 +1,19 @@
-"""Fault: PostgreSQL restarts under a running control plane.
+"""Fault: PostgreSQL restarts under a running control plane, or is not there.
 
 The control plane (uvicorn, production settings) runs against a PostgreSQL
 cluster of the test's own, which is stopped and started again. While it is
 down, the API answers a JSON 503, a page a static 503 page and the gateway a
 503 in the provider's error shape, with nothing reserved; once it is back the
 same server process answers everything again, and the ledger holds exactly the
-calls that were answered, all settled.
+calls that were answered, all settled. A server whose database cannot be used
+(it does not exist) answers the same 503s; the gateway logs one line naming why,
+not a traceback.
 """
 
 from __future__ import annotations
 
 import json
+import uuid
 
 import httpx
 import psycopg
@@ -22,6 +25,7 @@ from safer_claw.tests.faults.harness import (
     free_port,
     manage,
     port_answers,
+    run_database_url,
     service_env,
     uvicorn,
     wait_until,
@@ -137,3 +141,28 @@ def test_requests_during_a_postgres_restart_get_a_clear_503_and_all_work_after(c
     with psycopg.connect(cluster.url("saferclaw")) as conn:
         rows = conn.execute("SELECT status FROM gateway_usagerecord").fetchall()
     assert [status for (status,) in rows] == ["ok"] * charged[0]
+
+
+def test_a_database_that_is_not_there_gets_a_clear_503_and_no_traceback(tmp_path):
+    missing = run_database_url().rsplit("/", 1)[0] + f"/saferclaw_missing_{uuid.uuid4().hex[:8]}"
+    env = service_env(database_url=missing, DATABASE_POOL_TIMEOUT="2")
+    port = free_port()
+    server = uvicorn(env, port, tmp_path / "uvicorn.log").start()
+    try:
+        wait_until(lambda: port_answers(port), what="uvicorn to listen")
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+            gateway = client.post(
+                "/gateway/openai/v1/chat/completions",
+                json=CHAT,
+                headers={"Authorization": "Bearer sca_" + "x" * 43},
+            )
+            api = client.get("/api/agents/", headers={"Authorization": "Token " + "x" * 40})
+    finally:
+        server.stop()
+    log = (tmp_path / "uvicorn.log").read_text(errors="replace")
+    assert (gateway.status_code, api.status_code) == (503, 503), log
+    assert gateway.json()["error"]["type"] == "api_error"  # OpenAI's shape: its SDK retries
+    assert gateway.headers["retry-after"] == api.headers["retry-after"] == "5"
+    # The gateway's one line (Django logs its own 503's traceback, as for any error).
+    assert "Exception in ASGI application" not in log
+    assert "database unavailable (InvalidCatalogNameError): answered 503" in log
