@@ -44,7 +44,7 @@ from agents.kill_switch import (
     start_kill_call,
 )
 from safer_claw.api import error_body
-from safer_claw.views import DATABASE_DOWN
+from safer_claw.log_filters import DATABASE_DOWN
 
 PATH_PREFIX = "/webhooks/agent-kill/"
 # Revocations are short (two queries) and each thread keeps its connection.

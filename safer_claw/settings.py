@@ -471,6 +471,8 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
+    "filters": {"database_down": {"()": "safer_claw.log_filters.DatabaseDownInOneLine"}},
+    "loggers": {"django.request": {"filters": ["database_down"]}},
 }
 
 # --- LLM gateway ------------------------------------------------------------------------

@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import sys
 
-from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.template.loader import render_to_string
 from django.templatetags.static import static
 
 from safer_claw.api import error_response
+from safer_claw.log_filters import DATABASE_DOWN
 
 JSON_PREFIXES = ("/api/", "/webhooks/", "/gateway/", "/agent-api/")
-# What the database driver raises while PostgreSQL restarts or cannot be reached
-# (a pool timeout is an OperationalError too).
-DATABASE_DOWN = (OperationalError, InterfaceError)
 RETRY_AFTER_SECONDS = "5"
 
 

@@ -163,6 +163,9 @@ def test_a_database_that_is_not_there_gets_a_clear_503_and_no_traceback(tmp_path
     assert (gateway.status_code, api.status_code) == (503, 503), log
     assert gateway.json()["error"]["type"] == "api_error"  # OpenAI's shape: its SDK retries
     assert gateway.headers["retry-after"] == api.headers["retry-after"] == "5"
-    # The gateway's one line (Django logs its own 503's traceback, as for any error).
+    # One line each, naming why; no traceback from the gateway or from Django.
     assert "Exception in ASGI application" not in log
+    assert "Traceback" not in log, log
     assert "database unavailable (InvalidCatalogNameError): answered 503" in log
+    django_line = "database unavailable (OperationalError): answered 503 to GET /api/agents/"
+    assert f"WARNING django.request {django_line}" in log
