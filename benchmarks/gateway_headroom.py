@@ -11,6 +11,9 @@ in alternating rounds (the machine is shared, so each target sees the same weath
 - the stand-in directly;
 - a bare proxy (``benchmarks/bare_proxy.py``: our gateway's server and client pieces,
   relaying with no token, allow-list or metering);
+- our gateway without its ledger (``benchmarks/unmetered_gateway.py``: the same
+  application, token check, allow-lists, pricing and relay, with every admission an
+  in-memory ``ok`` and nothing settled), on the same database and agents;
 - our gateway, as ``gateway_latency`` runs it (metering, caps, durable admission).
 
 Each cell reports requests/s, how busy the whole machine was (``/proc/stat``) and so the
@@ -18,7 +21,9 @@ machine CPU per call (ms), and of that the clients' (this process) and the targe
 (the stand-in; the bare proxy's workers; our workers and their PostgreSQL backends).
 The median round then gives: the CPU per call that 0.6x of direct allows at the busy
 fraction these loops reach, what the bare proxy alone takes of it, what that leaves for
-everything else, and what ours spends on it. For scale it also times one durable one-row
+everything else, and what ours spends on it: on the checks (no ledger minus bare) and on
+the ledger (ours minus no ledger), against what is left for the ledger once the checks
+are paid. For scale it also times one durable one-row
 INSERT (its own transaction, committed to disk, ``--clients`` at a time): what a ledger
 write costs here when it is not batched. Linux only (``/proc/stat``).
 """
@@ -51,7 +56,7 @@ from benchmarks.gateway_targets import (  # noqa: E402
     Target,
     bare_proxy,
     log_folder,
-    our_gateway,
+    our_gateways,
     standin,
 )
 
@@ -138,28 +143,34 @@ def median(samples: list[Sample]) -> Sample:
 def report(provider: str, rounds: dict[str, list[Sample]], insert: float, args) -> None:
     cells = {name: median(samples) for name, samples in rounds.items()}
     direct, bare, ours = cells["direct"], cells["bare proxy"], cells["ours"]
+    unmetered = cells["ours, no ledger"]
     print(
         f"\n{provider} {MODELS[provider]}, JSON, {args.clients} clients; median of "
         f"{args.rounds} alternating rounds of {args.seconds:g} s"
     )
-    print(f"{'':14}{'req/s':>8}{'x direct':>10}{'busy':>8}{'cpu/call':>10}{'client':>8}{'own':>8}")
+    print(f"{'':16}{'req/s':>8}{'x direct':>10}{'busy':>8}{'cpu/call':>10}{'client':>8}{'own':>8}")
     for name, cell in cells.items():
         print(
-            f"{name:14}{cell.throughput:8.0f}{cell.throughput / direct.throughput:9.2f}x"
+            f"{name:16}{cell.throughput:8.0f}{cell.throughput / direct.throughput:9.2f}x"
             f"{cell.busy * 100:7.0f}%{cell.cpu_per_call * 1000:10.2f}"
             f"{cell.client_per_call * 1000:8.2f}{cell.own_per_call * 1000:8.2f}"
         )
     goal = GOAL * direct.throughput
-    ceiling = max(bare.busy, ours.busy)
+    ceiling = max(bare.busy, unmetered.busy, ours.busy)
     allowed = ceiling * (os.cpu_count() or 1) / goal
     spent = ours.cpu_per_call - bare.cpu_per_call
     left = allowed - bare.cpu_per_call
+    checks = unmetered.cpu_per_call - bare.cpu_per_call
+    ledger = ours.cpu_per_call - unmetered.cpu_per_call
+    ms = 1000
     print(
         f"{GOAL:g}x of direct is {goal:.0f} req/s. At the {ceiling * 100:.0f}% busy these closed "
-        f"loops reach, that allows {allowed * 1000:.2f} ms of machine CPU per call; the bare proxy "
-        f"takes {bare.cpu_per_call * 1000:.2f}, leaving {left * 1000:.2f} ms for the token check, "
-        f"allow-lists and metering. Ours spends {spent * 1000:.2f} ms on them. One durable "
-        f"one-row INSERT here costs {insert * 1000:.3f} ms."
+        f"loops reach, that allows {allowed * ms:.2f} ms of machine CPU per call; the bare proxy "
+        f"takes {bare.cpu_per_call * ms:.2f}, leaving {left * ms:.2f} ms for the token check, "
+        f"allow-lists and metering. Ours spends {spent * ms:.2f} ms on them: "
+        f"{checks * ms:.2f} on the checks (no ledger minus bare), {ledger * ms:.2f} on the "
+        f"ledger (ours minus no ledger), where {(left - checks) * ms:.2f} is left for it. One "
+        f"durable one-row INSERT here costs {insert * ms:.3f} ms."
     )
 
 
@@ -187,7 +198,7 @@ def main(argv: list[str] | None = None) -> None:
         targets = [
             direct,
             stack.enter_context(bare_proxy(logs, upstream)),
-            stack.enter_context(our_gateway(logs, upstream, args.providers, args.clients)),
+            *stack.enter_context(our_gateways(logs, upstream, args.providers, args.clients)),
         ]
         for target in targets:
             if target.down:

@@ -136,11 +136,12 @@ def session_cpu(name: str) -> Callable[[], float]:
     return lambda: cpu_seconds(lambda fields, _: fields[3] == str(SESSIONS[name]))
 
 
-def gateway_cpu() -> float:
-    """Our gateway's workers and their PostgreSQL backends (when PostgreSQL runs here)."""
-    return cpu_seconds(
+def gateway_cpu(name: str) -> Callable[[], float]:
+    """A gateway's workers and the PostgreSQL backends of the benchmark's database (when
+    PostgreSQL runs here; its twin's, idle meanwhile, add nothing)."""
+    return lambda: cpu_seconds(
         lambda fields, cmdline: (
-            fields[3] == str(SESSIONS["gateway"])
+            fields[3] == str(SESSIONS[name])
             or (cmdline.startswith("postgres: ") and f" {DATABASE} " in cmdline)
         )
     )
@@ -345,21 +346,38 @@ def prepare_gateway(
 def our_gateway(
     logs: Path, upstream: str, providers: list[str], agents: int = 1
 ) -> Iterator[Target]:
-    target = Target(name="ours", cpu=gateway_cpu)
+    with our_gateways(logs, upstream, providers, agents, unmetered=False) as (ours,):
+        yield ours
+
+
+@contextmanager
+def our_gateways(
+    logs: Path, upstream: str, providers: list[str], agents: int = 1, *, unmetered: bool = True
+) -> Iterator[tuple[Target, ...]]:
+    """Our gateway and, with ``unmetered``, its twin without a ledger
+    (``benchmarks/unmetered_gateway.py``), on one database with the same agents."""
+    # Target name: (process name, ASGI application).
+    apps = {"ours": ("gateway", "safer_claw.asgi:application")}
+    if unmetered:
+        apps["ours, no ledger"] = ("unmetered", "benchmarks.unmetered_gateway:application")
+    served = [Target(name=name, cpu=gateway_cpu(apps[name][0])) for name in apps]
     with ExitStack() as stack:
         try:
             env = gateway_env(upstream)
             stack.callback(drop_database)
             stack.callback(flush_redis)
             tokens = prepare_gateway(env, providers, agents)
-            port = free_port()
-            # As production runs it: one uvicorn worker per core.
-            command = uvicorn_command(
-                "safer_claw.asgi:application", port, "--workers", str(GATEWAY_WORKERS)
-            )
-            log_path = stack.enter_context(process("gateway", command, env, logs))
-            base = f"http://127.0.0.1:{port}"
-            wait_ready(base, log_path, timeout=60)
+            for target in served:
+                name, app = apps[target.name]
+                port = free_port()
+                # As production runs it: one uvicorn worker per core.
+                command = uvicorn_command(app, port, "--workers", str(GATEWAY_WORKERS))
+                log_path = stack.enter_context(process(name, command, env, logs))
+                base = f"http://127.0.0.1:{port}"
+                wait_ready(base, log_path, timeout=60)
+                for provider, each in tokens.items():
+                    target.urls[provider] = f"{base}/gateway/{provider}{PATHS[provider]}"
+                    target.headers[provider] = [auth_headers(provider, token) for token in each]
         except (
             StartFailed,
             OSError,
@@ -367,13 +385,9 @@ def our_gateway(
             psycopg.Error,
             redis.RedisError,
         ) as exc:
-            target.down = str(exc)
-            yield target
-            return
-        for provider, each in tokens.items():
-            target.urls[provider] = f"{base}/gateway/{provider}{PATHS[provider]}"
-            target.headers[provider] = [auth_headers(provider, token) for token in each]
-        yield target
+            for target in served:
+                target.down = str(exc)
+        yield tuple(served)
 
 
 # --- a bare proxy -------------------------------------------------------------------------
