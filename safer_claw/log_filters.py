@@ -21,9 +21,10 @@ class DatabaseDownInOneLine(logging.Filter):
         exc = record.exc_info[1] if record.exc_info else None
         if isinstance(exc, DATABASE_DOWN):
             request = getattr(record, "request", None)
-            record.msg = "database unavailable (%s): answered 503 to %s %s"
+            record.msg = "database unavailable (%s): answered %s to %s %s"
             record.args = (
                 type(exc).__name__,
+                getattr(record, "status_code", "?"),  # 503; DEBUG's error page is a 500
                 getattr(request, "method", "?"),
                 getattr(request, "path", "?"),
             )
