@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import resource
 import statistics
 import sys
 import time
@@ -57,6 +56,7 @@ from benchmarks.gateway_targets import (  # noqa: E402
     bare_proxy,
     log_folder,
     our_gateways,
+    own_cpu,
     standin,
 )
 
@@ -79,11 +79,6 @@ def machine_ticks() -> tuple[int, int]:
     values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     idle = values[3] + values[4]  # idle, iowait
     return sum(values) - idle, sum(values)
-
-
-def own_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 async def measure(target: Target, provider: str, clients: int, seconds: float) -> Sample:

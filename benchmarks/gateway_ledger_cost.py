@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import sys
 from collections.abc import Awaitable, Callable
 from functools import partial
@@ -35,23 +34,11 @@ from benchmarks import gateway_targets as targets  # noqa: E402
 from benchmarks.gateway_latency import describe_machine, load  # noqa: E402
 
 
-def database_cpu() -> float:
-    """CPU seconds of the PostgreSQL backends serving the benchmark's database."""
-    return targets.cpu_seconds(
-        lambda _, cmdline: cmdline.startswith("postgres: ") and f" {targets.DATABASE} " in cmdline
-    )
-
-
-def own_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
 async def cost(phase: Callable[[], Awaitable[int]]) -> tuple[float, float]:
     """(database, this process) CPU seconds per call of ``phase``, which returns its calls."""
-    database0, own0 = database_cpu(), own_cpu()
+    database0, own0 = targets.database_cpu(), targets.own_cpu()
     calls = await phase()
-    return (database_cpu() - database0) / calls, (own_cpu() - own0) / calls
+    return (targets.database_cpu() - database0) / calls, (targets.own_cpu() - own0) / calls
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -85,22 +72,29 @@ def main(argv: list[str] | None = None) -> None:
     report(rows, args)
 
 
-async def measure(tokens: list[str], args) -> list[tuple[str, float, float]]:
+# One phase's line: its label, its batch size (None: a baseline), and the CPU seconds per
+# call of the database and of this process.
+Row = tuple[str, int | None, float, float]
+
+
+async def measure(tokens: list[str], args) -> list[Row]:
     from gateway import ledger as gl
 
     db = gl.PgLedger()
     bench = await LedgerCalls.ready(db, tokens)
-    rows = [
-        ("SELECT 1, a round trip", *await cost(partial(bench.select_one, args.calls))),
-        ("one-row INSERT, on disk", *await cost(partial(bench.durable_insert, args.calls))),
+    rows: list[Row] = [
+        ("SELECT 1, a round trip", None, *await cost(partial(bench.select_one, args.calls))),
+        ("one-row INSERT, on disk", None, *await cost(partial(bench.durable_insert, args.calls))),
     ]
     for size in args.batches:
         rounds, held = args.calls // size, []
-        rows.append(
-            (f"batch of {size}: admission", *await cost(partial(bench.admit, size, rounds, held)))
-        )
-        rows.append((f"batch of {size}: settlement", *await cost(partial(bench.settle, held))))
-        rows.append((f"batch of {size}: flush", *await cost(partial(bench.flush, size, rounds))))
+        phases = {
+            "admission": partial(bench.admit, size, rounds, held),
+            "settlement": partial(bench.settle, held),  # the calls just admitted
+            "flush": partial(bench.flush, size, rounds),
+        }
+        for phase, run in phases.items():
+            rows.append((f"batch of {size}: {phase}", size, *await cost(run)))
     await db.close()
     return rows
 
@@ -200,28 +194,28 @@ class LedgerCalls:
         return rounds * size
 
 
-def report(rows: list[tuple[str, float, float]], args) -> None:
+def report(rows: list[Row], args) -> None:
     print(f"machine: {describe_machine()}")
     print(f"load average (1, 5, 15 min): {load()}  (the machine is shared)")
     print(
         f"{args.calls} calls per phase; CPU per call in ms: PostgreSQL's backends, this "
         "process (a worker's side), both; x: both against the durable one-row INSERT"
     )
-    baseline = sum(rows[1][1:])
+    baseline = sum(rows[1][2:])
     print(f"{'':34}{'database':>10}{'worker':>10}{'both':>10}{'x':>8}")
-    totals: dict[str, float] = {}
-    for label, database, worker in rows:
+    totals: dict[int, float] = {}
+    for label, size, database, worker in rows:
         both = database + worker
         print(
             f"{label:34}{database * 1000:10.3f}{worker * 1000:10.3f}{both * 1000:10.3f}"
             f"{both / baseline:7.1f}x"
         )
-        if label.startswith("batch of"):
-            size = label.split(":")[0]
+        if size is not None:
             totals[size] = totals.get(size, 0) + both
     for size, both in totals.items():
         print(
-            f"{size}, all three: {both * 1000:.3f} ms per call, {both / baseline:.1f}x the INSERT"
+            f"batch of {size}, all three: {both * 1000:.3f} ms per call, "
+            f"{both / baseline:.1f}x the INSERT"
         )
 
 

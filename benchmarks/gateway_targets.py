@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import secrets
 import signal
 import subprocess
@@ -136,14 +137,27 @@ def session_cpu(name: str) -> Callable[[], float]:
     return lambda: cpu_seconds(lambda fields, _: fields[3] == str(SESSIONS[name]))
 
 
+def own_cpu() -> float:
+    """User + system CPU seconds of this process (the benchmark's clients)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def serves_bench_database(cmdline: str) -> bool:
+    """Whether a process is a PostgreSQL backend of the benchmark's database."""
+    return cmdline.startswith("postgres: ") and f" {DATABASE} " in cmdline
+
+
+def database_cpu() -> float:
+    """The PostgreSQL backends of the benchmark's database (when PostgreSQL runs here)."""
+    return cpu_seconds(lambda _, cmdline: serves_bench_database(cmdline))
+
+
 def gateway_cpu(name: str) -> Callable[[], float]:
-    """A gateway's workers and the PostgreSQL backends of the benchmark's database (when
-    PostgreSQL runs here; its twin's, idle meanwhile, add nothing)."""
+    """A gateway's workers and the PostgreSQL backends of the benchmark's database (its
+    twin's, idle meanwhile, add nothing)."""
     return lambda: cpu_seconds(
-        lambda fields, cmdline: (
-            fields[3] == str(SESSIONS[name])
-            or (cmdline.startswith("postgres: ") and f" {DATABASE} " in cmdline)
-        )
+        lambda fields, cmdline: fields[3] == str(SESSIONS[name]) or serves_bench_database(cmdline)
     )
 
 
