@@ -1,7 +1,7 @@
 """Why 16 clients' JSON calls through our gateway reach under 0.6x of direct on this machine.
 
     ./dev bench gateway_headroom [--providers openai,anthropic] [--rounds 3] [--seconds 6]
-                                 [--clients 16]
+                                 [--clients 16] [--floors]
 
 The clients, the stand-in and the proxy share this machine's cores, so closed-loop
 throughput is bounded by the machine CPU one call costs across all of them. In one run,
@@ -14,7 +14,13 @@ in alternating rounds (the machine is shared, so each target sees the same weath
 - our gateway without its ledger (``benchmarks/unmetered_gateway.py``: the same
   application, token check, allow-lists, pricing and relay, with every admission an
   in-memory ``ok`` and nothing settled), on the same database and agents;
-- our gateway, as ``gateway_latency`` runs it (metering, caps, durable admission).
+- our gateway, as ``gateway_latency`` runs it (metering, caps, durable admission);
+- with ``--floors``, three more twins (``benchmarks/ledger_floor_gateway.py``): our
+  gateway whose whole ledger is each call's own row (no verdict, lock, counter or run
+  step): inserted pending and on disk before the call is forwarded, then settled, as
+  ours does; the same two writes with the first off the client's path; or one complete
+  row inserted at settlement. They bound what a ledger design that keeps a row per call
+  can reach here.
 
 Each cell reports requests/s, how busy the whole machine was (``/proc/stat``) and so the
 machine CPU per call (ms), and of that the clients' (this process) and the target's own
@@ -167,6 +173,17 @@ def report(provider: str, rounds: dict[str, list[Sample]], insert: float, args) 
         f"ledger (ours minus no ledger), where {(left - checks) * ms:.2f} is left for it. One "
         f"durable one-row INSERT here costs {insert * ms:.3f} ms."
     )
+    floors = [name for name in cells if name.startswith("floor")]
+    if floors:
+
+        def reached(name: str) -> str:
+            return f"{cells[name].throughput / direct.throughput:.2f}x"
+
+        print(
+            "A ledger that writes nothing but each call's own row reaches "
+            + ", ".join(f"{reached(name)} ({name.split(', ', 1)[1]})" for name in floors)
+            + f"; ours {reached('ours')}, no ledger {reached('ours, no ledger')}."
+        )
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -175,6 +192,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=6, help="per cell")
     parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument(
+        "--floors", action="store_true", help="also the two ledger-floor twins (see above)"
+    )
     args = parser.parse_args(argv)
     args.providers = [p for p in args.providers.split(",") if p]
     unknown = set(args.providers) - set(MODELS)
@@ -185,6 +205,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    floors = ("floor, row before", "floor, row after", "floor, settled row")
+    twins = ("ours, no ledger", *(floors if args.floors else ()))
     with ExitStack() as stack:
         logs = stack.enter_context(log_folder())
         direct = stack.enter_context(standin(logs, 40))
@@ -193,7 +215,9 @@ def main(argv: list[str] | None = None) -> None:
         targets = [
             direct,
             stack.enter_context(bare_proxy(logs, upstream)),
-            *stack.enter_context(our_gateways(logs, upstream, args.providers, args.clients)),
+            *stack.enter_context(
+                our_gateways(logs, upstream, args.providers, args.clients, twins=twins)
+            ),
         ]
         for target in targets:
             if target.down:

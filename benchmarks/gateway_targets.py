@@ -26,7 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -356,24 +356,42 @@ def prepare_gateway(
     return json.loads(run_manage(env, "shell", "-c", script).splitlines()[-1])
 
 
+# Our gateway's benchmark-only twins, by target name: (process name, ASGI application,
+# extra environment). Each serves the same agents from the same database as ours.
+TWINS = {
+    "ours, no ledger": ("unmetered", "benchmarks.unmetered_gateway:application", {}),
+    "floor, row before": (
+        "floor-before", "benchmarks.ledger_floor_gateway:application", {"LEDGER_FLOOR": "before"}
+    ),
+    "floor, row after": (
+        "floor-after", "benchmarks.ledger_floor_gateway:application", {"LEDGER_FLOOR": "after"}
+    ),
+    "floor, settled row": (
+        "floor-settled", "benchmarks.ledger_floor_gateway:application", {"LEDGER_FLOOR": "settled"}
+    ),
+}  # fmt: skip
+
+
 @contextmanager
 def our_gateway(
     logs: Path, upstream: str, providers: list[str], agents: int = 1
 ) -> Iterator[Target]:
-    with our_gateways(logs, upstream, providers, agents, unmetered=False) as (ours,):
+    with our_gateways(logs, upstream, providers, agents, twins=()) as (ours,):
         yield ours
 
 
 @contextmanager
 def our_gateways(
-    logs: Path, upstream: str, providers: list[str], agents: int = 1, *, unmetered: bool = True
+    logs: Path,
+    upstream: str,
+    providers: list[str],
+    agents: int = 1,
+    *,
+    twins: Sequence[str] = ("ours, no ledger",),
 ) -> Iterator[tuple[Target, ...]]:
-    """Our gateway and, with ``unmetered``, its twin without a ledger
-    (``benchmarks/unmetered_gateway.py``), on one database with the same agents."""
-    # Target name: (process name, ASGI application).
-    apps = {"ours": ("gateway", "safer_claw.asgi:application")}
-    if unmetered:
-        apps["ours, no ledger"] = ("unmetered", "benchmarks.unmetered_gateway:application")
+    """Our gateway and its ``twins`` (``TWINS``), on one database with the same agents."""
+    apps = {"ours": ("gateway", "safer_claw.asgi:application", {})}
+    apps.update({name: TWINS[name] for name in twins})
     served = [Target(name=name, cpu=gateway_cpu(apps[name][0])) for name in apps]
     with ExitStack() as stack:
         try:
@@ -382,11 +400,11 @@ def our_gateways(
             stack.callback(flush_redis)
             tokens = prepare_gateway(env, providers, agents)
             for target in served:
-                name, app = apps[target.name]
+                name, app, extra = apps[target.name]
                 port = free_port()
                 # As production runs it: one uvicorn worker per core.
                 command = uvicorn_command(app, port, "--workers", str(GATEWAY_WORKERS))
-                log_path = stack.enter_context(process(name, command, env, logs))
+                log_path = stack.enter_context(process(name, command, {**env, **extra}, logs))
                 base = f"http://127.0.0.1:{port}"
                 wait_ready(base, log_path, timeout=60)
                 for provider, each in tokens.items():
