@@ -35,7 +35,8 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "safer_claw.settings")
 from safer_claw.asgi import application  # first: it sets Django up
 
 # isort: split
-from gateway import ledger_sql, proxy
+from benchmarks.twin_ledger import install
+from gateway import ledger_sql
 from gateway.ledger import AgentState, PgLedger, Verdict, batch_params
 
 __all__ = ["application"]
@@ -156,14 +157,4 @@ class FloorLedger(PgLedger):
         }
 
 
-_ledgers: dict[asyncio.AbstractEventLoop, FloorLedger] = {}
-
-
-def _floor_ledger() -> FloorLedger:
-    loop = asyncio.get_running_loop()
-    if loop not in _ledgers:
-        _ledgers[loop] = FloorLedger()
-    return _ledgers[loop]
-
-
-proxy.ledger = _floor_ledger
+install(FloorLedger)

@@ -13,7 +13,6 @@ from it is what the ledger (durable admission, settlement) costs.
 
 from __future__ import annotations
 
-import asyncio
 import os
 from decimal import Decimal
 from typing import Any
@@ -23,7 +22,7 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "safer_claw.settings")
 from safer_claw.asgi import application  # first: it sets Django up
 
 # isort: split
-from gateway import proxy
+from benchmarks.twin_ledger import install
 from gateway.ledger import AgentState, PgLedger, Verdict
 
 __all__ = ["application"]
@@ -43,14 +42,4 @@ class UnmeteredLedger(PgLedger):
         return None
 
 
-_ledgers: dict[asyncio.AbstractEventLoop, UnmeteredLedger] = {}
-
-
-def _unmetered_ledger() -> UnmeteredLedger:
-    loop = asyncio.get_running_loop()
-    if loop not in _ledgers:
-        _ledgers[loop] = UnmeteredLedger()
-    return _ledgers[loop]
-
-
-proxy.ledger = _unmetered_ledger
+install(UnmeteredLedger)
