@@ -193,7 +193,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=6, help="per cell")
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument(
-        "--floors", action="store_true", help="also the two ledger-floor twins (see above)"
+        "--floors", action="store_true", help="also the three ledger-floor twins (see above)"
     )
     args = parser.parse_args(argv)
     args.providers = [p for p in args.providers.split(",") if p]
