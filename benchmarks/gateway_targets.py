@@ -369,6 +369,10 @@ TWINS = {
     "floor, settled row": (
         "floor-settled", "benchmarks.ledger_floor_gateway:application", {"LEDGER_FLOOR": "settled"}
     ),
+    "leased (sketch)": (
+        "leased", "benchmarks.leased_gateway:application",
+        {name: os.environ[name] for name in ("LEASE_CALLS", "LEASE_SECONDS") if name in os.environ},
+    ),
 }  # fmt: skip
 
 
