@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
 import uuid
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -70,7 +69,6 @@ class Lease:
     in_flight: int = 0
     closing: bool = False
     settled: bool = False
-    taken: float = field(default_factory=time.monotonic)
 
     def covers(self, call: dict[str, Any]) -> bool:
         return (
