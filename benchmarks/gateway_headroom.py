@@ -211,8 +211,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    floors = ("floor, row before", "floor, row after", "floor, settled row", "leased (sketch)")
-    twins = ("ours, no ledger", *(floors if args.floors else ()))
+    with_floors = ("floor, row before", "floor, row after", "floor, settled row", "leased (sketch)")
+    twins = ("ours, no ledger", *(with_floors if args.floors else ()))
     with ExitStack() as stack:
         logs = stack.enter_context(log_folder())
         direct = stack.enter_context(standin(logs, 40))

@@ -169,7 +169,6 @@ class LedgerCalls:
         from django.utils import timezone
 
         from gateway import ledger as gl
-        from gateway import ledger_sql
         from gateway.models import UsageStatus
         from gateway.providers import Usage
 
@@ -178,14 +177,12 @@ class LedgerCalls:
         outcome = gl.Outcome(status=UsageStatus.OK, http_status=200, usage=usage, cost=cost)
         for reservations in held:
             now = timezone.now()
-            settlements = [
-                gl.settle_params(each, outcome, model=self.model, now=now) for each in reservations
-            ]
-            if len(settlements) == 1:
-                await self.db._rows("settle", settlements[0])
-            else:
-                params = gl.batch_params(settlements, ledger_sql.SETTLE_COLUMNS)
-                await self.db._rows("settle_batch", params)
+            await self.db._charge(
+                [
+                    (each, gl.settle_params(each, outcome, model=self.model, now=now))
+                    for each in reservations
+                ]
+            )  # the statement alone: the flush is its own phase
         return sum(len(each) for each in held)
 
     async def flush(self, size: int, rounds: int) -> int:

@@ -137,8 +137,7 @@ class FloorLedger(PgLedger):
         else:
             params = batch_params([each for _, each in settlements], ledger_sql.SETTLE_COLUMNS)
             await self._rows("floor_settle", params)
-        self._settled += 1
-        await self._flush(self._settled)
+        await self._settled_durably()
         return [None] * len(settlements)
 
     def _complete_row(self, settled: dict[str, Any]) -> dict[str, Any]:

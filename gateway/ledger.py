@@ -640,17 +640,27 @@ class PgLedger:
     async def _settle_batch(
         self, settlements: Sequence[tuple[Reservation, dict[str, Any]]]
     ) -> list[AgentState | None]:
+        states = await self._charge(settlements)
+        await self._settled_durably()
+        return states
+
+    async def _charge(
+        self, settlements: Sequence[tuple[Reservation, dict[str, Any]]]
+    ) -> list[AgentState | None]:
+        """The settlement statement for ``settlements``, committed without waiting for
+        the disk; each agent's state after it."""
         if len(settlements) == 1:
             reservation, params = settlements[0]
             rows = await self._rows("settle", params)
-            states = [state_from_row(reservation.agent_id, rows[0] if rows else None)]
-        else:
-            params = batch_params([each for _, each in settlements], ledger_sql.SETTLE_COLUMNS)
-            rows = await self._rows("settle_batch", params)
-            states = states_from_rows(rows, [reservation for reservation, _ in settlements])
+            return [state_from_row(reservation.agent_id, rows[0] if rows else None)]
+        params = batch_params([each for _, each in settlements], ledger_sql.SETTLE_COLUMNS)
+        rows = await self._rows("settle_batch", params)
+        return states_from_rows(rows, [reservation for reservation, _ in settlements])
+
+    async def _settled_durably(self) -> None:
+        """Count a settlement batch just committed; return once it is on disk."""
         self._settled += 1
         await self._flush(self._settled)
-        return states
 
     async def _flush(self, settled: int) -> None:
         """Return once settlement batch number ``settled`` is on disk.
