@@ -73,6 +73,9 @@ MAX_SKEW_SECONDS = 300
 # that), so its replay-store row may go once it is that old.
 REPLAY_WINDOW = dt.timedelta(seconds=2 * MAX_SKEW_SECONDS)
 BROKER_TIMEOUT_SECONDS = 2
+# Beyond a gateway lease's life, the time a call drawn from one at its last moment
+# takes to be sent on (a few milliseconds on a worker that is not stalled).
+LEASE_MARGIN_SECONDS = 0.1
 
 _TIMESTAMP = re.compile(r"^[0-9]{1,12}$")
 _SIGNATURE = re.compile(r"^(v1|v2)=([0-9a-fA-F]{64})$")
@@ -136,8 +139,13 @@ def kill_agent(
     reconciliation) and the outcome is PENDING. Raises InvalidTransition when
     the agent cannot be killed (deleted); its tokens are revoked regardless.
     Killing a killed agent again retries the container step.
+
+    It returns GATEWAY_LEASE_SECONDS after the revocation at the earliest: the gateway
+    admits a busy agent's calls from leases taken for that long (gateway.leases), so
+    by then no lease taken before the revocation admits another call.
     """
     revoke_agent_tokens(agent=agent)
+    leases_over = time.monotonic() + settings.GATEWAY_LEASE_SECONDS + LEASE_MARGIN_SECONDS
     with transaction.atomic():
         revoke_agent_tokens(agent=agent)
         newly_killed = agent.transition(S.KILLED, actor=actor, source=source, reason=reason)
@@ -152,6 +160,7 @@ def kill_agent(
         container = PENDING
     if container == PENDING:
         _enqueue_container_retry(agent, remove=remove)
+    time.sleep(max(leases_over - time.monotonic(), 0))
     return KillOutcome(agent=agent, newly_killed=newly_killed, container=container)
 
 

@@ -13,6 +13,7 @@ import asyncio
 import datetime as dt
 import functools
 import json
+import logging
 import threading
 import uuid
 import weakref
@@ -30,10 +31,13 @@ from django.db import InterfaceError, OperationalError, connection, connections,
 from django.utils import timezone
 
 from agents.models import Agent
-from gateway import ledger_sql
+from gateway import leases, ledger_sql
 from gateway.batches import Batcher
-from gateway.metering import Price
+from gateway.leases import Lease
+from gateway.metering import Price, at_cap, pause_if_at_cap
 from gateway.providers import Call, Usage, tool_key
+
+logger = logging.getLogger(__name__)
 
 # How long a call waits for a database connection (or for connecting) before it is
 # answered 503.
@@ -41,6 +45,9 @@ POOL_TIMEOUT_SECONDS = 5.0
 # How long a settlement may wait for the settlements of calls still in flight, to
 # share their statement (off the client's path; the reservation is held meanwhile).
 SETTLE_LINGER_SECONDS = 0.003
+# A settlement the database was away for is tried again after these waits (about
+# two minutes in all, as long as a restart takes), then left to the sweeper.
+SETTLE_RETRY_WAITS = (0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60)
 # PostgreSQL restarting, unreachable or unusable, as each way of reaching it says so:
 # asyncpg on the event loop (a refused or dropped connection, a server shutting down or
 # starting up, no connection free in time; a connection refused its database or its
@@ -212,6 +219,11 @@ def admit_params(
         "no_tools": "[]",
         "dropped": json.dumps(call.dropped_tools),
         "no": False,
+        "calls": 1,
+        "need_calls": 1,
+        "need_tools": call.reserved_tool_calls,
+        "need_tokens": call.worst_case_tokens,
+        "need_cost": cost,
     }
 
 
@@ -434,6 +446,14 @@ def settle_sync(
             return state_from_row(reservation.agent_id, cursor.fetchone())
 
 
+def settle_lease_sync(agent_id: uuid.UUID, params: dict[str, Any]) -> AgentState | None:
+    """A lease's settlement (``leases.settlement_params``); None if settled already.
+    Leases are PostgreSQL's alone."""
+    with connection.cursor() as cursor:
+        cursor.execute(ledger_sql.POSTGRESQL.settle_lease, params)
+        return state_from_row(agent_id, cursor.fetchone())
+
+
 def refusal_step_sync(params: dict[str, Any]) -> None:
     with connection.cursor() as cursor:
         cursor.execute(_statements().refused_step, _params(params))
@@ -539,6 +559,22 @@ class PgLedger:
             linger=SETTLE_LINGER_SECONDS,
             more_coming=lambda: bool(self._unsettled),
         )
+        # Leases (gateway.leases), by agent: the one being drawn from, the one being
+        # asked for, and when the next may be asked for after a refusal; the calls
+        # drawn and not yet written, by their row, and the rows they write, batched.
+        self._leases: dict[uuid.UUID, Lease] = {}
+        self._asking: dict[uuid.UUID, asyncio.Task] = {}
+        self._not_before: dict[uuid.UUID, float] = {}
+        self._drawn: dict[uuid.UUID, tuple[Lease, dict[str, Any]]] = {}
+        self._busy: dict[uuid.UUID, set[uuid.UUID]] = {}  # calls in flight, by agent
+        self._lease_tasks: set[asyncio.Task] = set()  # leases being settled
+        self._call_rows = Batcher(
+            self._write_call_rows,
+            in_flight=1,
+            outage=OUTAGE,
+            linger=SETTLE_LINGER_SECONDS,
+            more_coming=lambda: bool(self._unsettled),
+        )
 
     async def _open(self) -> None:
         """The two pools, each with a connection ready (a call's settlement then does
@@ -602,16 +638,119 @@ class PgLedger:
         return price_from_row(rows[0] if rows else None)
 
     async def admit(self, params: dict[str, Any]) -> Verdict | None:
-        # Durable before it returns: the caller forwards the call next.
-        self._unsettled.add(params["record"])
+        # Durable before it returns: the caller forwards the call next (a lease's
+        # row is on disk before any call is drawn from it).
+        agent, record = params["agent"], params["record"]
+        self._unsettled.add(record)
+        self._busy.setdefault(agent, set()).add(record)
         try:
-            verdict = await self._admissions.submit(params["agent"], params)
+            lease = await self._lease_for(params)
+            if lease is not None:
+                lease.draw(params)
+                params["now"] = timezone.now()  # its row's admission time: the draw's
+                self._drawn[record] = (lease, params)
+                return lease.verdict
+            verdict = await self._admissions.submit(agent, params)
         except BaseException:
-            self._unsettled.discard(params["record"])
+            self._forget(agent, record)
             raise
         if verdict is None or verdict.code != "ok":
-            self._unsettled.discard(params["record"])
+            self._forget(agent, record)
+        lease = self._leases.get(agent)
+        if lease is not None and (verdict is None or verdict.code in ("not_running", "stale")):
+            self._close_lease(lease)  # its token revoked, the agent stopped or changed
         return verdict
+
+    def _forget(self, agent: uuid.UUID, record: uuid.UUID) -> None:
+        """The call is no longer being admitted or in flight here."""
+        self._unsettled.discard(record)
+        busy = self._busy.get(agent)
+        if busy is not None:
+            busy.discard(record)
+            if not busy:
+                del self._busy[agent]
+
+    async def _lease_for(self, params: dict[str, Any]) -> Lease | None:
+        """A lease of the agent's that covers the call: the open one, or a new one if the
+        agent is busy here; None to admit the call alone."""
+        agent = params["agent"]
+        loop = asyncio.get_running_loop()
+        lease = self._leases.get(agent)
+        if lease is not None:
+            if lease.covers(params, loop.time()):
+                return lease
+            self._close_lease(lease)
+        asking = self._asking.get(agent)
+        if asking is None:
+            if not self._lease_wanted(agent, loop.time()):
+                return None
+            asking = self._asking[agent] = loop.create_task(self._ask_for_lease(params))
+        # Shielded: a lease granted to a call whose client left serves the next ones.
+        lease = await asyncio.shield(asking)
+        return lease if lease is not None and lease.covers(params, loop.time()) else None
+
+    def _lease_wanted(self, agent: uuid.UUID, now: float) -> bool:
+        return (
+            leases.leasing()
+            and len(self._busy.get(agent, ())) >= leases.LEASE_WHEN_BUSY
+            and now >= self._not_before.get(agent, 0)
+        )
+
+    async def _ask_for_lease(self, params: dict[str, Any]) -> Lease | None:
+        agent = params["agent"]
+        loop = asyncio.get_running_loop()
+        # Its draws end this long after it was asked for: before its admission could see
+        # the agent's tokens revoked, so a kill that waits as long after revoking them
+        # outlasts it (gateway.leases).
+        draws_until = loop.time() + settings.GATEWAY_LEASE_SECONDS
+        wanted = leases.lease_params(params, calls=settings.GATEWAY_LEASE_CALLS)
+        try:
+            rows = await self._rows("admit", wanted, durable=True)
+        finally:
+            del self._asking[agent]
+        verdict = verdict_from_row(rows[0]) if rows else None
+        if verdict is None or verdict.code != "ok":
+            self._not_before[agent] = loop.time() + leases.LEASE_PAUSE_SECONDS
+            return None
+        lease = self._leases[agent] = Lease.granted(wanted, verdict, draws_until)
+        loop.call_at(draws_until, self._close_lease, lease)
+        return lease
+
+    def _close_lease(self, lease: Lease) -> None:
+        """Draw no more from ``lease``; settle it once its calls' rows are written."""
+        lease.open = False
+        if self._leases.get(lease.agent_id) is lease:
+            del self._leases[lease.agent_id]
+        if lease.done and not lease.settling:
+            lease.settling = True
+            task = asyncio.get_running_loop().create_task(self._settle_lease(lease))
+            self._lease_tasks.add(task)
+            task.add_done_callback(self._lease_tasks.discard)
+
+    async def _settle_lease(self, lease: Lease) -> None:
+        params = leases.settlement(lease, timezone.now())
+        for wait in (*SETTLE_RETRY_WAITS, None):
+            try:
+                rows = await self._rows("settle_lease", params)
+                await self._settled_durably()
+                break
+            except OUTAGE as exc:
+                if wait is None:
+                    logger.error(
+                        "settling lease %s failed: the database stayed away (%s); the "
+                        "sweeper will charge its reservation",
+                        lease.record_id,
+                        exc.__class__.__name__,
+                    )
+                    return
+                await asyncio.sleep(wait)
+            except Exception:
+                # The lease stays pending; the sweeper charges its reservation.
+                logger.exception("settling lease %s failed", lease.record_id)
+                return
+        state = state_from_row(lease.agent_id, rows[0] if rows else None)
+        if state is not None and at_cap(state):
+            await in_db(pause_if_at_cap, state)
 
     async def _admit_batch(self, calls: Sequence[dict[str, Any]]) -> list[Verdict | None]:
         if len(calls) == 1:  # the single-call statement: no arrays to build or unnest
@@ -634,8 +773,24 @@ class PgLedger:
         self, reservation: Reservation, outcome: Outcome, *, model: str, now
     ) -> AgentState | None:
         params = settle_params(reservation, outcome, model=model, now=now)
-        self._unsettled.discard(reservation.record_id)
-        return await self._settlements.submit(reservation.agent_id, (reservation, params))
+        self._forget(reservation.agent_id, reservation.record_id)
+        drawn = self._drawn.get(reservation.record_id)
+        if drawn is None:
+            return await self._settlements.submit(reservation.agent_id, (reservation, params))
+        # Drawn from a lease: the call's own complete row now, the charge with the lease's.
+        lease, admitted = drawn
+        row = leases.call_row(admitted, lease, reservation, params)
+        await self._call_rows.submit(reservation.record_id, row)
+        if self._drawn.pop(reservation.record_id, None) is not None:  # once, if retried
+            lease.written(reservation, params)
+            if lease.done:
+                self._close_lease(lease)
+        return None
+
+    async def _write_call_rows(self, rows: Sequence[dict[str, Any]]) -> list[None]:
+        await self._rows("call_rows", batch_params(rows, ledger_sql.CALL_ROW_COLUMNS))
+        await self._settled_durably()
+        return [None] * len(rows)
 
     async def _settle_batch(
         self, settlements: Sequence[tuple[Reservation, dict[str, Any]]]
@@ -679,6 +834,12 @@ class PgLedger:
         await self._rows("refused_step", params)
 
     async def close(self) -> None:
+        """Settle the leases (their calls are answered: the server stopped taking
+        calls first), then close the pools."""
+        for lease in list(self._leases.values()):
+            self._close_lease(lease)
+        if self._lease_tasks:
+            await asyncio.gather(*self._lease_tasks, return_exceptions=True)
         if self._opening is not None and self._opening.done() and not self._opening.exception():
             await asyncio.gather(self.lazy_pool.close(), self.durable_pool.close())
 

@@ -50,35 +50,44 @@ RATE = "(CASE WHEN a.rate_minute = %(minute)s THEN a.rate_count ELSE 0 END)"
 # calls still in flight (reservations not yet settled): the caller may retry.
 # Calls outside any run get a per-UTC-day allowance with the per-run limits.
 # ``a`` is the agent's row with DERIVED's columns, ``r`` its active run (or nulls).
+# A lease (gateway.ledger) reserves ``calls`` calls at once and is granted only
+# with room to spare: each limit is checked against ``need_*``, the lease's
+# reservation times LEASE_HEADROOM, so no lease holds more than a share of what
+# is left under any limit. For one call, ``calls`` is 1 and ``need_*`` is what
+# it reserves, and the verdict is the one-call verdict.
 VERDICT = """CASE
  WHEN NOT (a.ai_provider = %(cfg_provider)s AND COALESCE(a.ai_api_key, '') = %(cfg_key)s
   AND a.max_tokens_per_request = %(cfg_max_tokens)s AND {tools_eq}) THEN 'stale'
  WHEN a.status <> 'running' OR NOT a.billing_active THEN 'not_running'
- WHEN a.rate >= a.max_requests_per_minute THEN 'rate'
+ WHEN %(calls)s > 1 AND r.id IS NOT NULL THEN 'lease_in_run'
+ WHEN a.rate + %(need_calls)s > a.max_requests_per_minute THEN 'rate'
  WHEN r.id IS NOT NULL AND r.deadline <= %(now)s THEN 'run_runtime'
  WHEN r.model_calls >= a.max_model_steps_per_run THEN 'run_steps'
- WHEN r.model_calls + r.reserved_model_calls >= a.max_model_steps_per_run THEN 'run_steps_inflight'
- WHEN %(tools)s > 0 AND r.requested_tool_calls + %(tools)s > a.max_tool_calls_per_run
+ WHEN r.model_calls + r.reserved_model_calls + %(need_calls)s > a.max_model_steps_per_run
+  THEN 'run_steps_inflight'
+ WHEN %(tools)s > 0 AND r.requested_tool_calls + %(need_tools)s > a.max_tool_calls_per_run
   THEN 'run_tools'
  WHEN %(tools)s > 0
-  AND r.requested_tool_calls + r.reserved_model_calls + %(tools)s > a.max_tool_calls_per_run
+  AND r.requested_tool_calls + r.reserved_model_calls + %(need_tools)s > a.max_tool_calls_per_run
   THEN 'run_tools_inflight'
  WHEN r.id IS NULL AND a.loose_steps >= a.max_model_steps_per_run THEN 'day_steps'
- WHEN r.id IS NULL AND a.loose_steps + a.reserved_model_calls_outside_runs
-  >= a.max_model_steps_per_run THEN 'day_steps_inflight'
- WHEN r.id IS NULL AND %(tools)s > 0 AND a.loose_tools + %(tools)s > a.max_tool_calls_per_run
+ WHEN r.id IS NULL AND a.loose_steps + a.reserved_model_calls_outside_runs + %(need_calls)s
+  > a.max_model_steps_per_run THEN 'day_steps_inflight'
+ WHEN r.id IS NULL AND %(tools)s > 0 AND a.loose_tools + %(need_tools)s > a.max_tool_calls_per_run
   THEN 'day_run_tools'
  WHEN r.id IS NULL AND %(tools)s > 0 AND a.loose_tools + a.reserved_model_calls_outside_runs
-  + %(tools)s > a.max_tool_calls_per_run THEN 'day_run_tools_inflight'
- WHEN %(tools)s > 0 AND a.calls + %(tools)s > a.max_tool_calls_per_day THEN 'day_tools'
- WHEN %(tools)s > 0 AND a.calls + a.reserved_tool_calls + %(tools)s > a.max_tool_calls_per_day
+  + %(need_tools)s > a.max_tool_calls_per_run THEN 'day_run_tools_inflight'
+ WHEN %(tools)s > 0 AND a.calls + %(need_tools)s > a.max_tool_calls_per_day THEN 'day_tools'
+ WHEN %(tools)s > 0
+  AND a.calls + a.reserved_tool_calls + %(need_tools)s > a.max_tool_calls_per_day
   THEN 'day_tools_inflight'
  WHEN a.spent >= a.daily_token_cap THEN 'tokens_cap'
- WHEN a.spent + %(tokens)s > a.daily_token_cap THEN 'tokens_call'
- WHEN a.spent + a.reserved_tokens + %(tokens)s > a.daily_token_cap THEN 'tokens_inflight'
+ WHEN a.spent + %(need_tokens)s > a.daily_token_cap THEN 'tokens_call'
+ WHEN a.spent + a.reserved_tokens + %(need_tokens)s > a.daily_token_cap THEN 'tokens_inflight'
  WHEN a.cost_this_period >= a.monthly_cost_cap THEN 'cost_cap'
- WHEN a.cost_this_period + %(cost)s > a.monthly_cost_cap THEN 'cost_call'
- WHEN a.cost_this_period + a.reserved_cost + %(cost)s > a.monthly_cost_cap THEN 'cost_inflight'
+ WHEN a.cost_this_period + %(need_cost)s > a.monthly_cost_cap THEN 'cost_call'
+ WHEN a.cost_this_period + a.reserved_cost + %(need_cost)s > a.monthly_cost_cap
+  THEN 'cost_inflight'
  ELSE 'ok' END"""
 # Today's counters as the row says them, another day's read as zero; this minute's rate.
 DERIVED = f"""{SPENT} AS spent, {CALLS} AS calls, {LOOSE_STEPS} AS loose_steps,
@@ -91,7 +100,7 @@ VERDICT_COLUMNS = f"""a.id AS agent_id, r.id AS run_id, {VERDICT} AS code, a.sta
  a.spent AS spent_tokens, a.cost_this_period"""
 
 RESERVE_SET = f"""
-    rate_count = {RATE} + 1, rate_minute = %(minute)s,
+    rate_count = {RATE} + %(calls)s, rate_minute = %(minute)s,
     tokens_today = {SPENT}, tool_calls_today = {CALLS},
     model_calls_outside_runs_today = {LOOSE_STEPS},
     tool_calls_outside_runs_today = {LOOSE_TOOLS},
@@ -99,16 +108,17 @@ RESERVE_SET = f"""
     reserved_tokens = a.reserved_tokens + %(tokens)s,
     reserved_cost = a.reserved_cost + %(cost)s,
     reserved_tool_calls = a.reserved_tool_calls + %(tools)s,
-    reserved_model_calls_outside_runs = a.reserved_model_calls_outside_runs + {{outside}}"""
+    reserved_model_calls_outside_runs = a.reserved_model_calls_outside_runs
+        + {{outside}} * %(calls)s"""
 
 RECORD_COLUMNS = """id, agent_id, run_id, provider, model, status, http_status, streamed,
     upstream_request_id, input_tokens, cached_input_tokens, cache_creation_input_tokens,
     output_tokens, tool_calls, tool_names, dropped_tools, reserved_tokens, reserved_output_tokens,
     reserved_cost, reserved_tool_calls, charged_reservation, cost, latency_ms, created_at,
-    settled_at"""
+    settled_at, reserved_calls"""
 RECORD_VALUES = """%(record)s, {agent}, {run}, %(provider)s, %(model)s, 'pending', NULL,
     %(streamed)s, '', 0, 0, 0, 0, 0, %(no_tools)s{json}, %(dropped)s{json}, %(tokens)s,
-    %(output)s, %(cost)s, %(tools)s, %(no)s, 0, NULL, %(now)s, NULL"""
+    %(output)s, %(cost)s, %(tools)s, %(no)s, 0, NULL, %(now)s, NULL, %(calls)s"""
 
 CONFIG = f"""SELECT a.id, a.ai_provider, a.ai_api_key, a.max_tokens_per_request, a.allowed_tools
     FROM {TOKEN} t JOIN {AGENT} a ON a.id = t.agent_id
@@ -167,6 +177,8 @@ class Statements:
     flush: str = ""  # PostgreSQL: an empty transaction with an xid, committed durably
     admit_batch: str = ""  # PostgreSQL: admission of several calls at once
     settle_batch: str = ""  # PostgreSQL: settlement of several calls at once
+    call_rows: str = ""  # PostgreSQL: complete rows of calls drawn from leases
+    settle_lease: str = ""  # PostgreSQL: a lease's settlement
 
 
 # The columns the verdict reads: the rest of the row is never copied.
@@ -235,9 +247,15 @@ PG_SETTLE_AGENT_SET = SETTLE_AGENT_SET.format(
 PG_SETTLE_RUN_SET = SETTLE_RUN_SET.format(greatest="GREATEST")
 
 
+def _one_call(sql: str) -> str:
+    """``sql`` for calls admitted one by one (a batch's): one call, its own need."""
+    sql = re.sub(r"%\(need_(\w+)\)s", r"%(\1)s", sql)
+    return sql.replace("%(calls)s", "1")
+
+
 def _postgresql_batches() -> tuple[str, str]:
     verdict = _per_call(
-        VERDICT_COLUMNS.replace("{tools_eq}", "a.allowed_tools = q.cfg_tools::jsonb"),
+        _one_call(VERDICT_COLUMNS.replace("{tools_eq}", "a.allowed_tools = q.cfg_tools::jsonb")),
         ADMIT_COLUMNS,
         "q",
     )
@@ -249,14 +267,14 @@ def _postgresql_batches() -> tuple[str, str]:
     )
     values = (
         _per_call(
-            RECORD_VALUES.format(agent="v.agent_id", run="v.run_id", json="::jsonb"),
+            _one_call(RECORD_VALUES.format(agent="v.agent_id", run="v.run_id", json="::jsonb")),
             ADMIT_COLUMNS,
             "q",
         )
         .replace("%(no_tools)s", "'[]'")
         .replace("%(no)s", "false")
     )
-    reserve = _per_call(RESERVE_SET.replace("{outside}", PG_OUTSIDE), ADMIT_COLUMNS, "q")
+    reserve = _per_call(_one_call(RESERVE_SET.replace("{outside}", PG_OUTSIDE)), ADMIT_COLUMNS, "q")
     admit = f"""
 WITH q AS MATERIALIZED ({_unnest(ADMIT_COLUMNS)}
 ), la AS MATERIALIZED (
@@ -275,7 +293,7 @@ WITH q AS MATERIALIZED ({_unnest(ADMIT_COLUMNS)}
     UPDATE {AGENT} AS a SET {reserve}
     FROM v JOIN q ON q.ord = v.ord WHERE a.id = v.agent_id AND v.code = 'ok' RETURNING a.id
 ), run_reserved AS (
-    UPDATE {RUN} AS r SET reserved_model_calls = r.reserved_model_calls + 1
+    UPDATE {RUN} AS r SET reserved_model_calls = r.reserved_model_calls + %(calls)s
     FROM v WHERE r.id = v.run_id AND v.code = 'ok' RETURNING r.id
 ), opened AS (
     INSERT INTO {RECORD} ({RECORD_COLUMNS})
@@ -309,7 +327,58 @@ WITH q AS MATERIALIZED ({_unnest(SETTLE_COLUMNS)}
     {STEP_INSERT} SELECT id, 'model_call', model, detail::jsonb, %(now)s FROM run_charged
 )
 SELECT * FROM charged"""
-    return admit, settle
+    return _one_call(admit), settle
+
+
+# Leases (gateway.ledger): a lease is admitted like a call, ``calls`` at once, and its
+# pending row is the reservation. Each call drawn from it writes its complete row
+# after its answer (CALL_ROWS: status, usage and cost, pointing at the lease; run-less,
+# as leases are). The lease's settlement then charges what its calls used in one go
+# (SETTLE_LEASE): it releases the reservation, counts the steps made, gives back the
+# requests of the rate not made (in the lease's minute) and adds the calls' usage. The
+# lease's own row keeps only what was charged beyond its calls' rows (nothing, unless
+# the sweeper charged a lease whose worker died), so the ledger's rows sum to the
+# counters.
+CALL_ROW_COLUMNS = {
+    **{name: kind for name, kind in SETTLE_COLUMNS.items() if name != "detail"},
+    "agent": "uuid", "lease": "uuid", "provider": "text", "streamed": "boolean",
+    "dropped": "text", "reserved_tokens": "bigint", "reserved_output": "bigint",
+    "reserved_cost": "numeric", "reserved_tools": "bigint", "admitted": "timestamptz",
+}  # fmt: skip
+CALL_ROWS = f"""
+INSERT INTO {RECORD} ({RECORD_COLUMNS}, lease_id)
+SELECT q.record, q.agent, NULL, q.provider, q.model, q.status, q.http_status, q.streamed,
+    q.request_id, q.input, q.cached, q.created, q.output, q.tool_calls, q.tool_names::jsonb,
+    q.dropped::jsonb, q.reserved_tokens, q.reserved_output, q.reserved_cost, q.reserved_tools,
+    q.charged, q.cost, q.latency, q.admitted, %(now)s, 1, q.lease
+FROM ({_unnest(CALL_ROW_COLUMNS)}) AS q
+ON CONFLICT (id) DO NOTHING"""
+SETTLE_LEASE = f"""
+WITH rec AS (
+    UPDATE {RECORD} SET status = %(status)s, input_tokens = %(own_input)s,
+        output_tokens = %(own_output)s, cost = %(own_cost)s,
+        tool_calls = %(own_tool_calls)s, charged_reservation = %(charged)s, settled_at = %(now)s
+    WHERE id = %(record)s AND status = 'pending'
+    RETURNING agent_id, reserved_tokens, reserved_cost, reserved_tool_calls, reserved_calls
+), charged AS (
+    UPDATE {AGENT} AS a SET
+        reserved_tokens = GREATEST(a.reserved_tokens - rec.reserved_tokens, 0),
+        reserved_cost = GREATEST(a.reserved_cost - rec.reserved_cost, 0),
+        reserved_tool_calls = GREATEST(a.reserved_tool_calls - rec.reserved_tool_calls, 0),
+        reserved_model_calls_outside_runs =
+            GREATEST(a.reserved_model_calls_outside_runs - rec.reserved_calls, 0),
+        rate_count = CASE WHEN a.rate_minute = %(minute)s
+            THEN GREATEST(a.rate_count - %(unused)s, 0) ELSE a.rate_count END,
+        tokens_today = {SPENT} + %(tokens)s,
+        tool_calls_today = {CALLS} + %(tool_calls)s,
+        model_calls_outside_runs_today = {LOOSE_STEPS} + %(steps)s,
+        tool_calls_outside_runs_today = {LOOSE_TOOLS} + %(tool_calls)s,
+        tokens_day = %(today)s,
+        cost_this_period = a.cost_this_period + %(cost)s,
+        last_activity_at = %(now)s
+    FROM rec WHERE a.id = rec.agent_id RETURNING {AGENT_STATE}
+)
+SELECT * FROM charged"""
 
 
 def _postgresql() -> Statements:
@@ -330,7 +399,7 @@ WITH la AS MATERIALIZED (
     UPDATE {AGENT} AS a SET {RESERVE_SET.replace("{outside}", PG_OUTSIDE)}
     FROM v WHERE a.id = v.agent_id AND v.code = 'ok' RETURNING a.id
 ), run_reserved AS (
-    UPDATE {RUN} AS r SET reserved_model_calls = r.reserved_model_calls + 1
+    UPDATE {RUN} AS r SET reserved_model_calls = r.reserved_model_calls + %(calls)s
     FROM v WHERE r.id = v.run_id AND v.code = 'ok' RETURNING r.id
 ), opened AS (
     INSERT INTO {RECORD} ({RECORD_COLUMNS}) SELECT {values} FROM v WHERE v.code = 'ok'
@@ -361,6 +430,8 @@ SELECT * FROM charged"""
         flush="SELECT txid_current()",
         admit_batch=admit_batch,
         settle_batch=settle_batch,
+        call_rows=CALL_ROWS,
+        settle_lease=SETTLE_LEASE,
     )
 
 
@@ -376,8 +447,8 @@ def _sqlite() -> Statements:
         reserve_agent=f"UPDATE {AGENT} AS a SET "
         + RESERVE_SET.replace("{outside}", "%(outside)s")
         + " WHERE a.id = %(agent)s",
-        reserve_run=f"UPDATE {RUN} AS r SET reserved_model_calls = r.reserved_model_calls + 1 "
-        "WHERE r.id = %(run)s",
+        reserve_run=f"UPDATE {RUN} AS r SET "
+        "reserved_model_calls = r.reserved_model_calls + %(calls)s WHERE r.id = %(run)s",
         open_record=f"INSERT INTO {RECORD} ({RECORD_COLUMNS}) VALUES ("
         + RECORD_VALUES.format(agent="%(agent)s", run="%(run)s", json="")
         + ")",

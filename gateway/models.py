@@ -72,10 +72,17 @@ class UsageStatus(models.TextChoices):
     CLIENT_GONE = "client_gone", "Client disconnected"
     REFUSED_RESPONSE = "refused_response", "Response refused (a tool not offered)"
     SWEPT = "swept", "Never settled: charged its reservation by the sweeper"
+    LEASE = "lease", "A lease: its calls are rows of their own"
 
 
 class UsageRecord(models.Model):
-    """One model call: reserved before forwarding, settled after (the ledger)."""
+    """One model call: reserved before forwarding, settled after (the ledger).
+
+    Or a lease (``reserved_calls`` > 1): a reservation for an agent's busy calls,
+    each of which then has a complete row of its own pointing at it (``lease``).
+    A settled lease's own usage and cost are what was charged beyond its calls'
+    rows: nothing, unless its gateway worker died and the sweeper charged it whole.
+    """
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     # Indexed by (agent, created_at) below: a lone agent_id index would only be one
@@ -118,6 +125,20 @@ class UsageRecord(models.Model):
     )
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     settled_at = models.DateTimeField(null=True, blank=True)
+    reserved_calls = models.PositiveIntegerField(
+        default=1, db_default=1, help_text="How many calls the row reserves: 1, or a lease's."
+    )
+    # Not indexed: the one lookup by lease (the sweeper's, for a lease left behind)
+    # goes by the agent and the time, which are indexed.
+    lease = models.ForeignKey(
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="calls",
+        db_index=False,
+        help_text="The lease this call was admitted from.",
+    )
 
     class Meta:
         ordering = ["-created_at"]
@@ -136,6 +157,10 @@ class UsageRecord(models.Model):
 
     def __str__(self) -> str:
         return f"{self.agent_id} {self.model} {self.status}"
+
+    @property
+    def is_lease(self) -> bool:
+        return self.reserved_calls > 1
 
     @property
     def total_tokens(self) -> int:

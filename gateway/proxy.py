@@ -30,6 +30,7 @@ from agents.conversations import StopReason
 from agents.tokens import hash_token, looks_like_token
 from gateway.ledger import (
     OUTAGE,
+    SETTLE_RETRY_WAITS,
     AgentConfig,
     Outcome,
     Reservation,
@@ -41,7 +42,14 @@ from gateway.ledger import (
     refusal_params,
     reservation_for,
 )
-from gateway.metering import Price, Refusal, pause_for_cap, pause_if_at_cap, refusal_for
+from gateway.metering import (
+    Price,
+    Refusal,
+    at_cap,
+    pause_for_cap,
+    pause_if_at_cap,
+    refusal_for,
+)
 from gateway.models import UsageStatus
 from gateway.providers import ANTHROPIC, OPENAI, BadRequest, Call, Provider, StreamMeter
 from safer_claw import boundary
@@ -58,9 +66,6 @@ SECRET_LOOKING = re.compile(r"(sk-[A-Za-z0-9_\-]{6,}|sca_[A-Za-z0-9_\-]{6,})")
 # sequential client's previous call settles just after its answer went out.
 INFLIGHT_WAITS = (0.002, 0.005, 0.01, 0.02, 0.04)
 PRICE_TTL_SECONDS = 10.0
-# A settlement the database was away for is tried again after these waits (about
-# two minutes in all, as long as a restart takes), then left to the sweeper.
-SETTLE_RETRY_WAITS = (0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60)
 SLOWEST_TOKENS_PER_SECOND = 20  # a slow model's output rate, for a JSON answer's wait
 MAX_ERROR_BODY = 64 * 1024
 RETRY_AFTER_SECONDS = "5"
@@ -371,14 +376,8 @@ class Settler:
                 # The pending row stays; the sweeper charges it in full.
                 logger.exception("settling call %s failed", self.reservation.record_id)
                 return
-        if state is not None and state.status == "running" and _at_cap(state):
+        if state is not None and at_cap(state):
             await in_db(pause_if_at_cap, state)
-
-
-def _at_cap(state) -> bool:
-    today = timezone.now().date()
-    tokens_out = state.tokens_day == today and state.tokens_today >= state.daily_token_cap
-    return tokens_out or state.cost_this_period >= state.monthly_cost_cap
 
 
 async def forward(send, receive, provider, call, price, reservation, headers, started) -> None:

@@ -6,7 +6,7 @@ import datetime as dt
 from dataclasses import dataclass
 from decimal import Decimal
 
-from django.db.models import Count, F, Sum
+from django.db.models import Count, F, QuerySet, Sum
 from django.db.models.functions import TruncDate
 
 from agents.models import Agent
@@ -23,22 +23,29 @@ class DayUsage:
     calls: int
 
 
+def settled_calls(agent: Agent) -> QuerySet[UsageRecord]:
+    """The agent's settled ledger rows: a call still in flight holds a reservation,
+    not a cost, and a settled lease's calls are rows of their own (a lease's row
+    counts only when the sweeper charged it beyond them)."""
+    return UsageRecord.objects.filter(agent=agent, settled_at__isnull=False).exclude(
+        status__in=(UsageStatus.PENDING, UsageStatus.LEASE)
+    )
+
+
 def agent_daily_usage(*, agent: Agent, start: dt.date, end: dt.date) -> list[DayUsage]:
     """Tokens (input + output) and cost per UTC day, ``start`` to ``end`` inclusive.
 
-    Counts settled calls only: one still in flight holds a reservation, not a
-    cost. Days without calls are there with zeros, so a chart has no gaps.
+    Counts settled calls only (``settled_calls``). Days without calls are there
+    with zeros, so a chart has no gaps.
     """
     if end < start or (end - start).days >= MAX_USAGE_DAYS:
         raise ValueError(f"a range of 1 to {MAX_USAGE_DAYS} days is needed")
     rows = (
-        UsageRecord.objects.filter(
-            agent=agent,
-            settled_at__isnull=False,
+        settled_calls(agent)
+        .filter(
             created_at__gte=dt.datetime.combine(start, dt.time.min, tzinfo=dt.UTC),
             created_at__lte=dt.datetime.combine(end, dt.time.max, tzinfo=dt.UTC),
         )
-        .exclude(status=UsageStatus.PENDING)
         .annotate(day=TruncDate("created_at", tzinfo=dt.UTC))
         .values("day")
         .annotate(

@@ -487,6 +487,11 @@ GATEWAY_DB_THREADS = env.int("GATEWAY_DB_THREADS", default=8)
 # up to this many for durable admissions, and half as many (at least 2) for the rest.
 GATEWAY_DB_POOL_SIZE = env.int("GATEWAY_DB_POOL_SIZE", default=10)
 GATEWAY_RESERVATION_TIMEOUT_MINUTES = env.int("GATEWAY_RESERVATION_TIMEOUT_MINUTES", default=15)
+# Leases (gateway.leases): a busy agent's calls are admitted from one reservation for
+# this many calls (1: every call is admitted alone), drawn from for this long. A kill
+# returns this long after revoking the agent's tokens at the earliest.
+GATEWAY_LEASE_CALLS = env.int("GATEWAY_LEASE_CALLS", default=32)
+GATEWAY_LEASE_SECONDS = env.float("GATEWAY_LEASE_SECONDS", default=0.25)
 
 # --- Google integrations (integrations/google) ------------------------------------------
 # Read-only Calendar, Gmail and Drive for agents, connected per agent by its owner

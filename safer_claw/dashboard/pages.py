@@ -20,8 +20,7 @@ from django.utils import timezone
 from agents.conversations import Message, Run, RunStep, Schedule
 from agents.kill_switch import KillOutcome, curl_recipe, kill_agent
 from agents.models import ALLOWED_TRANSITIONS, Agent, AgentEvent, AgentStatus, InvalidTransition
-from gateway.models import UsageRecord, UsageStatus
-from gateway.selectors import agent_daily_usage
+from gateway.selectors import agent_daily_usage, settled_calls
 
 S = AgentStatus
 CONVERSATION_PAGE = 50
@@ -336,9 +335,7 @@ def spending_since(agent: Agent, now: dt.datetime | None = None) -> dt.datetime:
 def spending_breakdown(agent: Agent, *, since: dt.datetime) -> dict[str, list[Share]]:
     """Settled model calls since ``since``, by model and by what started them (the chat,
     a schedule, or no run), from the usage ledger."""
-    calls = UsageRecord.objects.filter(
-        agent=agent, created_at__gte=since, settled_at__isnull=False
-    ).exclude(status=UsageStatus.PENDING)
+    calls = settled_calls(agent).filter(created_at__gte=since)
     sums = {
         "calls": Count("id"),
         "tokens": Sum(F("input_tokens") + F("output_tokens")),
