@@ -20,10 +20,8 @@ in alternating rounds (the machine is shared, so each target sees the same weath
   step): inserted pending and on disk before the call is forwarded, then settled, as
   ours does; the same two writes with the first off the client's path; or one complete
   row inserted at settlement. They bound what a ledger design that keeps a row per call
-  can reach here. With them, a sketch of the leased ledger (``benchmarks/leased_gateway.py``:
-  calls admitted in memory from a reservation for ``LEASE_CALLS`` calls taken through
-  the real admission statement, one row per call after the answer, the lease settled
-  through the real settlement statement).
+  can reach here. With them, our gateway with its leases off (``GATEWAY_LEASE_CALLS=1``:
+  every call admitted alone before it is forwarded, as before gateway.leases).
 
 Each cell reports requests/s, how busy the whole machine was (``/proc/stat``) and so the
 machine CPU per call (ms), and of that the clients' (this process) and the target's own
@@ -185,7 +183,7 @@ def report(provider: str, rounds: dict[str, list[Sample]], insert: float, args) 
         print(
             "A ledger that writes nothing but each call's own row reaches "
             + ", ".join(f"{reached(name)} ({name.split(', ', 1)[1]})" for name in floors)
-            + f"; the leased sketch {reached('leased (sketch)')}; ours {reached('ours')}, "
+            + f"; ours {reached('ours')}, with leases off {reached('ours, leases off')}, "
             f"no ledger {reached('ours, no ledger')}."
         )
 
@@ -199,7 +197,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--floors",
         action="store_true",
-        help="also the ledger-floor twins and the leased sketch (see above)",
+        help="also the ledger-floor twins and ours with leases off (see above)",
     )
     args = parser.parse_args(argv)
     args.providers = [p for p in args.providers.split(",") if p]
@@ -211,7 +209,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    with_floors = ("floor, row before", "floor, row after", "floor, settled row", "leased (sketch)")
+    with_floors = (
+        "floor, row before", "floor, row after", "floor, settled row", "ours, leases off"
+    )  # fmt: skip
     twins = ("ours, no ledger", *(with_floors if args.floors else ()))
     with ExitStack() as stack:
         logs = stack.enter_context(log_folder())

@@ -369,10 +369,8 @@ TWINS = {
     "floor, settled row": (
         "floor-settled", "benchmarks.ledger_floor_gateway:application", {"LEDGER_FLOOR": "settled"}
     ),
-    "leased (sketch)": (
-        "leased", "benchmarks.leased_gateway:application",
-        {name: os.environ[name] for name in ("LEASE_CALLS", "LEASE_SECONDS") if name in os.environ},
-    ),
+    # Our gateway as it is, but admitting every call alone (gateway.leases off).
+    "ours, leases off": ("unleased", "safer_claw.asgi:application", {"GATEWAY_LEASE_CALLS": "1"}),
 }  # fmt: skip
 
 

@@ -64,6 +64,7 @@ def _statements() -> dict[str, str]:
         )
         .replace("%(no_tools)s", "'[]'")
         .replace("%(no)s", "false")
+        .replace("%(calls)s", "1")
     )
     settled = ledger_sql._per_call(
         ledger_sql.RECORD_SET.format(json="::jsonb"), ledger_sql.SETTLE_COLUMNS, "q"
@@ -71,7 +72,8 @@ def _statements() -> dict[str, str]:
     complete = """q.record, q.agent, NULL, q.provider, q.model, q.status, q.http_status,
         q.streamed, q.request_id, q.input, q.cached, q.created, q.output, q.tool_calls,
         q.tool_names::jsonb, q.dropped::jsonb, q.reserved_tokens, q.reserved_output,
-        q.reserved_cost, q.reserved_tools, q.charged, q.cost, q.latency, q.created_at, %(now)s"""
+        q.reserved_cost, q.reserved_tools, q.charged, q.cost, q.latency, q.created_at, %(now)s,
+        1"""
     texts = {
         "floor_insert_settled": f"""INSERT INTO {ledger_sql.RECORD} ({ledger_sql.RECORD_COLUMNS})
             SELECT {complete} FROM ({ledger_sql._unnest(SETTLED_COLUMNS)}) AS q""",
