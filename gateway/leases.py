@@ -4,14 +4,14 @@ Why: a call admitted alone costs a durable database round trip before it is
 forwarded and a settlement after it. With many calls of one agent in flight that
 bounds the gateway's throughput (``./dev bench gateway_headroom --floors``).
 
-So a gateway worker that sees an agent busy (LEASE_WHEN_BUSY of its calls in flight
-here) takes a lease instead: an admission through the one admission statement, with
-every limit in it, for GATEWAY_LEASE_CALLS calls the size of the call that asked.
-It is granted only with room to spare: LEASE_HEADROOM times its reservation must fit
-under every limit, so near a limit calls are admitted one by one, as exactly as
-ever. It is never granted inside a run, whose steps are few and come one after
-another. Its reservation is its pending ledger row, on disk before any call drawn
-from it is forwarded.
+So a gateway worker that sees an agent call often (LEASE_AFTER_CALLS calls within
+GATEWAY_LEASE_SECONDS, one after another or at once) takes a lease instead: an
+admission through the one admission statement, with every limit in it, for
+GATEWAY_LEASE_CALLS calls the size of the call that asked. It is granted only with
+room to spare: LEASE_HEADROOM times its reservation must fit under every limit, so
+near a limit calls are admitted one by one, as exactly as ever; inside a run, only
+if the run's deadline falls after the lease's last possible draw. Its reservation is
+its pending ledger row, on disk before any call drawn from it is forwarded.
 
 For GATEWAY_LEASE_SECONDS from the moment it was asked for, calls draw from it in
 memory: each takes its own worst case from what is left, so the lease never covers
@@ -26,7 +26,8 @@ What the lease's life bounds:
   agent's tokens at the earliest, so no call is admitted from a lease after a kill
   returns.
 * A stop, a pause or an edit of the agent's limits or settings binds every call
-  admitted GATEWAY_LEASE_SECONDS after it.
+  admitted GATEWAY_LEASE_SECONDS after it; so does the end of a run (calls drawn
+  until then are its steps).
 * The agent's counters lag by what a lease's calls used until it settles.
 * A worker that dies holding a lease leaves it pending: the sweeper charges its
   whole reservation (``metering.charge_unsettled_calls``), which may be more than
@@ -35,6 +36,7 @@ What the lease's life bounds:
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from dataclasses import dataclass
 from decimal import Decimal
@@ -45,10 +47,10 @@ from django.conf import settings
 if TYPE_CHECKING:
     from gateway.ledger import Reservation, Verdict
 
-# A lease is asked for once this many calls of the agent, this one included, are
-# being admitted or in flight in this worker (one client calling after another never
-# leases: each call is admitted and charged alone, at once).
-LEASE_WHEN_BUSY = 4
+# A lease is asked for once this many calls of the agent came to this worker within
+# GATEWAY_LEASE_SECONDS, this one included: an agent calling less often (any agent
+# waiting on a real model) has each call admitted and charged alone, at once.
+LEASE_AFTER_CALLS = 4
 # A lease is granted only if this many times its reservation fits under every limit.
 LEASE_HEADROOM = 4
 # After a lease is refused (a limit near, a run active), the agent's calls are
@@ -65,8 +67,12 @@ def leasing() -> bool:
 
 def lease_params(params: dict[str, Any], *, calls: int) -> dict[str, Any]:
     """The admission parameters of a lease for ``calls`` calls the size of ``params``'."""
+    # Its run's deadline must fall after its last possible draw (with a second to spare
+    # for the time between this call's clock reading and the ask).
+    life = dt.timedelta(seconds=settings.GATEWAY_LEASE_SECONDS + 1)
     lease = {
         **params,
+        "lease_end": params["now"] + life,
         "record": uuid.uuid4(),
         "dropped": "[]",
         "calls": calls,

@@ -224,6 +224,7 @@ def admit_params(
         "need_tools": call.reserved_tool_calls,
         "need_tokens": call.worst_case_tokens,
         "need_cost": cost,
+        "lease_end": now,
     }
 
 
@@ -566,7 +567,7 @@ class PgLedger:
         self._asking: dict[uuid.UUID, asyncio.Task] = {}
         self._not_before: dict[uuid.UUID, float] = {}
         self._drawn: dict[uuid.UUID, tuple[Lease, dict[str, Any]]] = {}
-        self._busy: dict[uuid.UUID, set[uuid.UUID]] = {}  # calls in flight, by agent
+        self._pace: dict[uuid.UUID, tuple[float, int]] = {}  # (since, calls since), by agent
         self._lease_tasks: set[asyncio.Task] = set()  # leases being settled
         self._call_rows = Batcher(
             self._write_call_rows,
@@ -642,7 +643,7 @@ class PgLedger:
         # row is on disk before any call is drawn from it).
         agent, record = params["agent"], params["record"]
         self._unsettled.add(record)
-        self._busy.setdefault(agent, set()).add(record)
+        self._count_pace(agent)
         try:
             lease = await self._lease_for(params)
             if lease is not None:
@@ -652,23 +653,22 @@ class PgLedger:
                 return lease.verdict
             verdict = await self._admissions.submit(agent, params)
         except BaseException:
-            self._forget(agent, record)
+            self._unsettled.discard(record)
             raise
         if verdict is None or verdict.code != "ok":
-            self._forget(agent, record)
+            self._unsettled.discard(record)
         lease = self._leases.get(agent)
         if lease is not None and (verdict is None or verdict.code in ("not_running", "stale")):
             self._close_lease(lease)  # its token revoked, the agent stopped or changed
         return verdict
 
-    def _forget(self, agent: uuid.UUID, record: uuid.UUID) -> None:
-        """The call is no longer being admitted or in flight here."""
-        self._unsettled.discard(record)
-        busy = self._busy.get(agent)
-        if busy is not None:
-            busy.discard(record)
-            if not busy:
-                del self._busy[agent]
+    def _count_pace(self, agent: uuid.UUID) -> None:
+        """Count a call of ``agent`` in the GATEWAY_LEASE_SECONDS window it came in."""
+        now = asyncio.get_running_loop().time()
+        since, calls = self._pace.get(agent, (now, 0))
+        if now - since > settings.GATEWAY_LEASE_SECONDS:
+            since, calls = now, 0
+        self._pace[agent] = (since, calls + 1)
 
     async def _lease_for(self, params: dict[str, Any]) -> Lease | None:
         """A lease of the agent's that covers the call: the open one, or a new one if the
@@ -692,7 +692,7 @@ class PgLedger:
     def _lease_wanted(self, agent: uuid.UUID, now: float) -> bool:
         return (
             leases.leasing()
-            and len(self._busy.get(agent, ())) >= leases.LEASE_WHEN_BUSY
+            and self._pace[agent][1] >= leases.LEASE_AFTER_CALLS
             and now >= self._not_before.get(agent, 0)
         )
 
@@ -773,7 +773,7 @@ class PgLedger:
         self, reservation: Reservation, outcome: Outcome, *, model: str, now
     ) -> AgentState | None:
         params = settle_params(reservation, outcome, model=model, now=now)
-        self._forget(reservation.agent_id, reservation.record_id)
+        self._unsettled.discard(reservation.record_id)
         drawn = self._drawn.get(reservation.record_id)
         if drawn is None:
             return await self._settlements.submit(reservation.agent_id, (reservation, params))

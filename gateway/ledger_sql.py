@@ -53,15 +53,16 @@ RATE = "(CASE WHEN a.rate_minute = %(minute)s THEN a.rate_count ELSE 0 END)"
 # A lease (gateway.ledger) reserves ``calls`` calls at once and is granted only
 # with room to spare: each limit is checked against ``need_*``, the lease's
 # reservation times LEASE_HEADROOM, so no lease holds more than a share of what
-# is left under any limit. For one call, ``calls`` is 1 and ``need_*`` is what
-# it reserves, and the verdict is the one-call verdict.
+# is left under any limit, and inside a run only if the run's deadline is after
+# ``lease_end``, when no call can be drawn from it any more. For one call, ``calls``
+# is 1 and ``need_*`` is what it reserves, and the verdict is the one-call verdict.
 VERDICT = """CASE
  WHEN NOT (a.ai_provider = %(cfg_provider)s AND COALESCE(a.ai_api_key, '') = %(cfg_key)s
   AND a.max_tokens_per_request = %(cfg_max_tokens)s AND {tools_eq}) THEN 'stale'
  WHEN a.status <> 'running' OR NOT a.billing_active THEN 'not_running'
- WHEN %(calls)s > 1 AND r.id IS NOT NULL THEN 'lease_in_run'
  WHEN a.rate + %(need_calls)s > a.max_requests_per_minute THEN 'rate'
  WHEN r.id IS NOT NULL AND r.deadline <= %(now)s THEN 'run_runtime'
+ WHEN %(calls)s > 1 AND r.id IS NOT NULL AND r.deadline <= %(lease_end)s THEN 'lease_runtime'
  WHEN r.model_calls >= a.max_model_steps_per_run THEN 'run_steps'
  WHEN r.model_calls + r.reserved_model_calls + %(need_calls)s > a.max_model_steps_per_run
   THEN 'run_steps_inflight'
@@ -250,7 +251,7 @@ PG_SETTLE_RUN_SET = SETTLE_RUN_SET.format(greatest="GREATEST")
 def _one_call(sql: str) -> str:
     """``sql`` for calls admitted one by one (a batch's): one call, its own need."""
     sql = re.sub(r"%\(need_(\w+)\)s", r"%(\1)s", sql)
-    return sql.replace("%(calls)s", "1")
+    return sql.replace("%(calls)s", "1").replace("%(lease_end)s", "%(now)s")
 
 
 def _postgresql_batches() -> tuple[str, str]:
@@ -330,53 +331,67 @@ SELECT * FROM charged"""
     return _one_call(admit), settle
 
 
-# Leases (gateway.ledger): a lease is admitted like a call, ``calls`` at once, and its
+# Leases (gateway.leases): a lease is admitted like a call, ``calls`` at once, and its
 # pending row is the reservation. Each call drawn from it writes its complete row
-# after its answer (CALL_ROWS: status, usage and cost, pointing at the lease; run-less,
-# as leases are). The lease's settlement then charges what its calls used in one go
-# (SETTLE_LEASE): it releases the reservation, counts the steps made, gives back the
-# requests of the rate not made (in the lease's minute) and adds the calls' usage. The
-# lease's own row keeps only what was charged beyond its calls' rows (nothing, unless
-# the sweeper charged a lease whose worker died), so the ledger's rows sum to the
-# counters.
+# after its answer (CALL_ROWS: status, usage and cost, pointing at the lease, and its
+# run's step if the lease is in a run). The lease's settlement then charges what its
+# calls used in one go (SETTLE_LEASE): it releases the reservation, counts the steps
+# made, gives back the requests of the rate not made (in the lease's minute) and adds
+# the calls' usage, to the agent and to the run. The lease's own row keeps only what
+# was charged beyond its calls' rows (nothing, unless the sweeper charged a lease
+# whose worker died), so the ledger's rows sum to the counters.
 CALL_ROW_COLUMNS = {
-    **{name: kind for name, kind in SETTLE_COLUMNS.items() if name != "detail"},
-    "agent": "uuid", "lease": "uuid", "provider": "text", "streamed": "boolean",
-    "dropped": "text", "reserved_tokens": "bigint", "reserved_output": "bigint",
-    "reserved_cost": "numeric", "reserved_tools": "bigint", "admitted": "timestamptz",
+    **SETTLE_COLUMNS,
+    "agent": "uuid", "run": "uuid", "lease": "uuid", "provider": "text",
+    "streamed": "boolean", "dropped": "text", "reserved_tokens": "bigint",
+    "reserved_output": "bigint", "reserved_cost": "numeric", "reserved_tools": "bigint",
+    "admitted": "timestamptz",
 }  # fmt: skip
 CALL_ROWS = f"""
-INSERT INTO {RECORD} ({RECORD_COLUMNS}, lease_id)
-SELECT q.record, q.agent, NULL, q.provider, q.model, q.status, q.http_status, q.streamed,
-    q.request_id, q.input, q.cached, q.created, q.output, q.tool_calls, q.tool_names::jsonb,
-    q.dropped::jsonb, q.reserved_tokens, q.reserved_output, q.reserved_cost, q.reserved_tools,
-    q.charged, q.cost, q.latency, q.admitted, %(now)s, 1, q.lease
-FROM ({_unnest(CALL_ROW_COLUMNS)}) AS q
-ON CONFLICT (id) DO NOTHING"""
+WITH q AS MATERIALIZED ({_unnest(CALL_ROW_COLUMNS)}
+), written AS (
+    INSERT INTO {RECORD} ({RECORD_COLUMNS}, lease_id)
+    SELECT q.record, q.agent, q.run, q.provider, q.model, q.status, q.http_status, q.streamed,
+        q.request_id, q.input, q.cached, q.created, q.output, q.tool_calls, q.tool_names::jsonb,
+        q.dropped::jsonb, q.reserved_tokens, q.reserved_output, q.reserved_cost,
+        q.reserved_tools, q.charged, q.cost, q.latency, q.admitted, %(now)s, 1, q.lease
+    FROM q ON CONFLICT (id) DO NOTHING RETURNING id
+)
+{STEP_INSERT} SELECT q.run, 'model_call', q.model, q.detail::jsonb, %(now)s
+FROM q JOIN written ON written.id = q.record WHERE q.run IS NOT NULL"""
+LEASE_OUTSIDE = "(CASE WHEN rec.run_id IS NULL THEN 1 ELSE 0 END)"
 SETTLE_LEASE = f"""
 WITH rec AS (
     UPDATE {RECORD} SET status = %(status)s, input_tokens = %(own_input)s,
         output_tokens = %(own_output)s, cost = %(own_cost)s,
         tool_calls = %(own_tool_calls)s, charged_reservation = %(charged)s, settled_at = %(now)s
     WHERE id = %(record)s AND status = 'pending'
-    RETURNING agent_id, reserved_tokens, reserved_cost, reserved_tool_calls, reserved_calls
+    RETURNING agent_id, run_id, reserved_tokens, reserved_cost, reserved_tool_calls,
+        reserved_calls
 ), charged AS (
     UPDATE {AGENT} AS a SET
         reserved_tokens = GREATEST(a.reserved_tokens - rec.reserved_tokens, 0),
         reserved_cost = GREATEST(a.reserved_cost - rec.reserved_cost, 0),
         reserved_tool_calls = GREATEST(a.reserved_tool_calls - rec.reserved_tool_calls, 0),
-        reserved_model_calls_outside_runs =
-            GREATEST(a.reserved_model_calls_outside_runs - rec.reserved_calls, 0),
+        reserved_model_calls_outside_runs = GREATEST(
+            a.reserved_model_calls_outside_runs - {LEASE_OUTSIDE} * rec.reserved_calls, 0),
         rate_count = CASE WHEN a.rate_minute = %(minute)s
             THEN GREATEST(a.rate_count - %(unused)s, 0) ELSE a.rate_count END,
         tokens_today = {SPENT} + %(tokens)s,
         tool_calls_today = {CALLS} + %(tool_calls)s,
-        model_calls_outside_runs_today = {LOOSE_STEPS} + %(steps)s,
-        tool_calls_outside_runs_today = {LOOSE_TOOLS} + %(tool_calls)s,
+        model_calls_outside_runs_today = {LOOSE_STEPS} + {LEASE_OUTSIDE} * %(steps)s,
+        tool_calls_outside_runs_today = {LOOSE_TOOLS} + {LEASE_OUTSIDE} * %(tool_calls)s,
         tokens_day = %(today)s,
         cost_this_period = a.cost_this_period + %(cost)s,
         last_activity_at = %(now)s
     FROM rec WHERE a.id = rec.agent_id RETURNING {AGENT_STATE}
+), run_charged AS (
+    UPDATE {RUN} AS r SET
+        reserved_model_calls = GREATEST(r.reserved_model_calls - rec.reserved_calls, 0),
+        model_calls = r.model_calls + %(steps)s,
+        requested_tool_calls = r.requested_tool_calls + %(tool_calls)s,
+        tokens = r.tokens + %(tokens)s, cost = r.cost + %(cost)s
+    FROM rec WHERE r.id = rec.run_id RETURNING r.id
 )
 SELECT * FROM charged"""
 

@@ -1,7 +1,7 @@
 """Leases (gateway.leases): a busy agent's calls admitted from one reservation for many.
 
 Two gateways on their own event loops (each with its own ledger, as two uvicorn
-workers have) serve one agent's concurrent clients through the official SDK; the
+workers have) serve one agent's clients through the official SDK; the
 ledger and the agent's counters are read from PostgreSQL once every lease settled.
 """
 
@@ -122,24 +122,48 @@ def test_a_busy_agents_calls_are_drawn_from_leases_and_its_counters_equal_the_le
     assert bot.agent.model_calls_outside_runs_today == 400  # every call a step, no more
 
 
-def test_one_client_after_another_never_leases(gateway, fake_providers, make_agent):
+def test_an_agent_calling_one_call_after_another_is_leased_too(gateway, fake_providers, make_agent):
     bot = make_agent(**BUSY)
+    assert hammer([gateway], bot.token, clients=1, calls=60) == ["ok"] * 60
+    wait_for_settlement(bot.agent, count=60)
+    assert UsageRecord.objects.filter(agent=bot.agent, lease__isnull=False).count() >= 30
+    assert_counters_equal_the_ledger(bot.agent)
+    assert bot.agent.tokens_today == 60 * 26
+    assert bot.agent.model_calls_outside_runs_today == 60
+
+
+def test_an_agent_with_the_default_limits_is_never_leased(gateway, fake_providers, make_agent):
+    # 60 requests a minute leave no room for a lease (32 calls, four times over).
+    bot = make_agent(max_requests_per_minute=60)
     client = openai_client(gateway, bot.token)
-    for count in range(1, 6):
+    for count in range(1, 11):
         client.chat.completions.create(model="gpt-test", messages=MESSAGES)
         wait_for_settlement(bot.agent, count=count)
         assert bot.refresh().tokens_today == 26 * count  # charged at once, call by call
     assert not UsageRecord.objects.filter(reserved_calls__gt=1).exists()
 
 
-def test_a_run_s_calls_are_never_leased(gateway, second_gateway, fake_providers, make_agent):
+def test_a_run_s_leased_calls_are_its_steps(gateway, second_gateway, fake_providers, make_agent):
     bot = make_agent(**BUSY)
     run = start_run(bot.agent)
-    assert hammer([gateway, second_gateway], bot.token, clients=8, calls=120) == ["ok"] * 120
-    wait_for_settlement(bot.agent, count=120)
-    assert not UsageRecord.objects.filter(reserved_calls__gt=1).exists()
+    assert hammer([gateway, second_gateway], bot.token, clients=8, calls=200) == ["ok"] * 200
+    wait_for_settlement(bot.agent, count=200)
+    drawn = UsageRecord.objects.filter(run=run, lease__isnull=False)
+    assert drawn.count() >= 50
+    assert UsageRecord.objects.filter(run=run, reserved_calls=1).count() == 200
     run.refresh_from_db()
-    assert (run.model_calls, run.reserved_model_calls) == (120, 0)
+    assert (run.model_calls, run.reserved_model_calls, run.tokens) == (200, 0, 200 * 26)
+    assert run.steps.filter(kind="model_call").count() == 200  # one step per call
+    assert_counters_equal_the_ledger(bot.agent)
+    assert bot.agent.model_calls_outside_runs_today == 0
+
+
+def test_no_lease_outlives_its_run_s_deadline(gateway, fake_providers, make_agent):
+    bot = make_agent(**BUSY)
+    start_run(bot.agent, seconds=1)  # ends before a lease asked for now could
+    assert hammer([gateway], bot.token, clients=4, calls=12) == ["ok"] * 12
+    wait_for_settlement(bot.agent, count=12)
+    assert not UsageRecord.objects.filter(reserved_calls__gt=1).exists()
 
 
 @pytest.mark.parametrize("attempt", range(3))
