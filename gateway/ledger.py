@@ -788,8 +788,10 @@ class PgLedger:
         return None
 
     async def _write_call_rows(self, rows: Sequence[dict[str, Any]]) -> list[None]:
+        # Committed without waiting for the disk, and not flushed: the lease's
+        # settlement commits after them, so once it is on disk they are; a crash
+        # before that leaves the lease pending, and the sweeper charges it whole.
         await self._rows("call_rows", batch_params(rows, ledger_sql.CALL_ROW_COLUMNS))
-        await self._settled_durably()
         return [None] * len(rows)
 
     async def _settle_batch(
