@@ -125,6 +125,7 @@ def kill_agent(
     actor: Any = None,
     source: str = "kill_switch",
     reason: str = "killed",
+    outlast_leases: bool = True,
 ) -> KillOutcome:
     """Revoke the agent's tokens and mark it `killed`, then stop (or remove) its container.
 
@@ -142,10 +143,11 @@ def kill_agent(
 
     It returns GATEWAY_LEASE_SECONDS after the revocation at the earliest: the gateway
     admits a busy agent's calls from leases taken for that long (gateway.leases), so
-    by then no lease taken before the revocation admits another call.
+    by then no lease taken before the revocation admits another call. A caller killing
+    several agents passes ``outlast_leases=False`` and waits once (``outlast_leases``).
     """
     revoke_agent_tokens(agent=agent)
-    leases_over = time.monotonic() + settings.GATEWAY_LEASE_SECONDS + LEASE_MARGIN_SECONDS
+    leases_over = time.monotonic() + lease_life()
     with transaction.atomic():
         revoke_agent_tokens(agent=agent)
         newly_killed = agent.transition(S.KILLED, actor=actor, source=source, reason=reason)
@@ -160,7 +162,8 @@ def kill_agent(
         container = PENDING
     if container == PENDING:
         _enqueue_container_retry(agent, remove=remove)
-    time.sleep(max(leases_over - time.monotonic(), 0))
+    if outlast_leases:
+        time.sleep(max(leases_over - time.monotonic(), 0))
     return KillOutcome(agent=agent, newly_killed=newly_killed, container=container)
 
 
@@ -173,6 +176,11 @@ def finish_kill(*, agent_id: str, remove: bool) -> str:
     if agent is None or agent.status != S.KILLED:
         return NO_CONTAINER
     return _stop_or_remove(agent, remove=remove, skip_unreachable=False)
+
+
+def lease_life() -> float:
+    """How long after an agent's tokens are revoked a gateway lease may still admit a call."""
+    return settings.GATEWAY_LEASE_SECONDS + LEASE_MARGIN_SECONDS
 
 
 def kill_agents_of_owner(*, owner: Any, actor: Any, remove: bool = False) -> list[KillOutcome]:
@@ -188,10 +196,12 @@ def kill_agents_of_owner(*, owner: Any, actor: Any, remove: bool = False) -> lis
                     actor=actor,
                     source="operator",
                     reason="killed by an operator (all agents of this user)",
+                    outlast_leases=False,
                 )
             )
         except InvalidTransition:
             continue  # deleted (or killed) meanwhile: nothing left to kill
+    time.sleep(lease_life())  # once, after the last revocation, for them all
     return outcomes
 
 
