@@ -1,4 +1,4 @@
-"""Why 16 clients' JSON calls through our gateway reach under 0.6x of direct on this machine.
+"""Where 16 clients' JSON calls through our gateway spend the machine's CPU, against 0.6x of direct.
 
     ./dev bench gateway_headroom [--providers openai,anthropic] [--rounds 3] [--seconds 6]
                                  [--clients 16] [--floors]

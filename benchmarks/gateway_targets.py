@@ -360,14 +360,18 @@ def prepare_gateway(
 # extra environment). Each serves the same agents from the same database as ours.
 TWINS = {
     "ours, no ledger": ("unmetered", "benchmarks.unmetered_gateway:application", {}),
+    # Each call's own row and nothing else: no leases (GATEWAY_LEASE_CALLS=1).
     "floor, row before": (
-        "floor-before", "benchmarks.ledger_floor_gateway:application", {"LEDGER_FLOOR": "before"}
+        "floor-before", "benchmarks.ledger_floor_gateway:application",
+        {"LEDGER_FLOOR": "before", "GATEWAY_LEASE_CALLS": "1"},
     ),
     "floor, row after": (
-        "floor-after", "benchmarks.ledger_floor_gateway:application", {"LEDGER_FLOOR": "after"}
+        "floor-after", "benchmarks.ledger_floor_gateway:application",
+        {"LEDGER_FLOOR": "after", "GATEWAY_LEASE_CALLS": "1"},
     ),
     "floor, settled row": (
-        "floor-settled", "benchmarks.ledger_floor_gateway:application", {"LEDGER_FLOOR": "settled"}
+        "floor-settled", "benchmarks.ledger_floor_gateway:application",
+        {"LEDGER_FLOOR": "settled", "GATEWAY_LEASE_CALLS": "1"},
     ),
     # Our gateway as it is, but admitting every call alone (gateway.leases off).
     "ours, leases off": ("unleased", "safer_claw.asgi:application", {"GATEWAY_LEASE_CALLS": "1"}),
