@@ -1,4 +1,4 @@
-"""Leases: a busy agent's calls admitted from one reservation for many (issue 10).
+"""Leases: the calls of an agent that calls often, admitted from one reservation for many.
 
 Why: a call admitted alone costs a durable database round trip before it is
 forwarded and a settlement after it. With many calls of one agent in flight that

@@ -672,7 +672,7 @@ class PgLedger:
 
     async def _lease_for(self, params: dict[str, Any]) -> Lease | None:
         """A lease of the agent's that covers the call: the open one, or a new one if the
-        agent is busy here; None to admit the call alone."""
+        agent calls often here (``_lease_wanted``); None to admit the call alone."""
         agent = params["agent"]
         loop = asyncio.get_running_loop()
         lease = self._leases.get(agent)
