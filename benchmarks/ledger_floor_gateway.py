@@ -76,11 +76,11 @@ def _statements() -> dict[str, str]:
         1"""
     texts = {
         "floor_insert_settled": f"""INSERT INTO {ledger_sql.RECORD} ({ledger_sql.RECORD_COLUMNS})
-            SELECT {complete} FROM ({ledger_sql._unnest(SETTLED_COLUMNS)}) AS q""",
+            SELECT {complete} FROM ({ledger_sql.batch_rows(SETTLED_COLUMNS)}) AS q""",
         "floor_admit": f"""INSERT INTO {ledger_sql.RECORD} ({ledger_sql.RECORD_COLUMNS})
-            SELECT {values} FROM ({ledger_sql._unnest(COLUMNS)}) AS q""",
+            SELECT {values} FROM ({ledger_sql.batch_rows(COLUMNS)}) AS q""",
         "floor_settle": f"""UPDATE {ledger_sql.RECORD} AS u SET {settled}
-            FROM ({ledger_sql._unnest(ledger_sql.SETTLE_COLUMNS)}) AS q
+            FROM ({ledger_sql.batch_rows(ledger_sql.SETTLE_COLUMNS)}) AS q
             WHERE u.id = q.record AND u.status = 'pending'""",
     }
     return {name: re.sub(r"\s+", " ", text).strip() for name, text in texts.items()}

@@ -25,6 +25,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 import asyncpg
+import orjson
 import psycopg
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection, connections, transaction
@@ -317,12 +318,24 @@ def refusal_params(run_id: uuid.UUID, model: str, detail: dict, now: dt.datetime
 
 
 def batch_params(calls: Sequence[dict[str, Any]], columns: dict[str, str]) -> dict[str, Any]:
-    """One PostgreSQL batch statement's parameters: an array per column, one element per
-    call, and the batch's own time."""
+    """One PostgreSQL batch statement's parameters: its calls' ``columns`` and places as
+    one JSON array (``ledger_sql.batch_rows``), and the batch's own time."""
     now = timezone.now()
-    params: dict[str, Any] = {name: [call[name] for call in calls] for name in columns}
-    params.update(now=now, today=now.date(), minute=int(now.timestamp() // 60))
-    return params
+    rows = [
+        {"ord": place, **{name: call[name] for name in columns}}
+        for place, call in enumerate(calls, 1)
+    ]
+    batch = orjson.dumps(rows, default=_as_text).decode()
+    return {"batch": batch, "now": now, "today": now.date(), "minute": int(now.timestamp() // 60)}
+
+
+def _as_text(value: object) -> str:
+    """A Decimal as its exact text (PostgreSQL reads a JSON string into a numeric column
+    as that text), and asyncpg's UUID (which orjson does not take for uuid.UUID); any
+    other type orjson cannot write is a mistake."""
+    if isinstance(value, Decimal | uuid.UUID):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} in a ledger batch")
 
 
 def verdicts_from_rows(rows: list[tuple], count: int) -> list[Verdict | None]:
