@@ -9,6 +9,7 @@ takes none): at shutdown the gateway closes its database pool and upstream
 connections on this worker's loop.
 """
 
+import gc
 import logging
 import os
 
@@ -63,6 +64,10 @@ async def lifespan(receive, send):
     while True:
         message = await receive()
         if message["type"] == "lifespan.startup":
+            # What the worker built while starting (Django, the URLconf, the apps: some
+            # 140,000 objects) lives as long as it does: out of the collector's way, so a
+            # full collection no longer stops the gateway's event loop for 70-90 ms.
+            gc.freeze()
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
             await gateway_shutdown()
