@@ -20,6 +20,13 @@ more than it reserved. After its answer each call writes its complete ledger row
 up, or it cannot cover the next call, and its calls' rows are written, one
 statement settles it: their summed usage is charged, the rest released.
 
+While the agent keeps calling, its next lease is asked for before the open one runs
+out (RENEW_WHEN_LEFT of its life or its calls left), so that its calls do not wait
+for a lease's admission every GATEWAY_LEASE_SECONDS; once granted, it replaces the
+open one, which is settled as any other. So an agent holds at most two leases in a
+worker at once, and each is granted only with room for four times its reservation
+beside the other's.
+
 What the lease's life bounds:
 
 * A kill (``agents.kill_switch``) returns GATEWAY_LEASE_SECONDS after it revoked the
@@ -56,6 +63,9 @@ LEASE_HEADROOM = 4
 # After a lease is refused (a limit near, a run active), the agent's calls are
 # admitted one by one for this long before a lease is asked for again.
 LEASE_PAUSE_SECONDS = 1.0
+# An open lease is renewed (its successor asked for while it still serves) once less
+# than this share of its life or of its calls is left.
+RENEW_WHEN_LEFT = 0.25
 # What a call must share with the lease it draws from: the token, and the agent's
 # settings as the lease's admission checked them.
 SAME_AS_LEASE = ("hash", "provider", "cfg_provider", "cfg_key", "cfg_max_tokens", "cfg_tools")
@@ -135,6 +145,10 @@ class Lease:
             and self.tools >= params["tools"]
             and all(params[name] == self.admitted[name] for name in SAME_AS_LEASE)
         )
+
+    def running_out(self, now: float) -> bool:
+        life_left = (self.draws_until - now) / settings.GATEWAY_LEASE_SECONDS
+        return min(life_left, self.calls / self.admitted["calls"]) < RENEW_WHEN_LEFT
 
     def draw(self, params: dict[str, Any]) -> None:
         self.calls -= 1

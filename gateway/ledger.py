@@ -338,6 +338,12 @@ def _as_text(value: object) -> str:
     raise TypeError(f"{type(value).__name__} in a ledger batch")
 
 
+def refuses_agent(verdict: Verdict | None) -> bool:
+    """Whether ``verdict`` refused the agent itself (its token revoked, the agent stopped,
+    its settings changed), not just this call: its open lease must serve no more calls."""
+    return verdict is None or verdict.code in ("not_running", "stale")
+
+
 def verdicts_from_rows(rows: list[tuple], count: int) -> list[Verdict | None]:
     """Each call's verdict by its place in the batch (None: its token is unknown or revoked)."""
     verdicts: list[Verdict | None] = [None] * count
@@ -670,9 +676,8 @@ class PgLedger:
             raise
         if verdict is None or verdict.code != "ok":
             self._unsettled.discard(record)
-        lease = self._leases.get(agent)
-        if lease is not None and (verdict is None or verdict.code in ("not_running", "stale")):
-            self._close_lease(lease)  # its token revoked, the agent stopped or changed
+        if refuses_agent(verdict):
+            self._close_open_lease(agent)
         return verdict
 
     def _count_pace(self, agent: uuid.UUID) -> None:
@@ -687,20 +692,36 @@ class PgLedger:
         """A lease of the agent's that covers the call: the open one, or a new one if the
         agent calls often here (``_lease_wanted``); None to admit the call alone."""
         agent = params["agent"]
-        loop = asyncio.get_running_loop()
+        now = asyncio.get_running_loop().time()
         lease = self._leases.get(agent)
         if lease is not None:
-            if lease.covers(params, loop.time()):
+            if lease.covers(params, now):
+                if lease.running_out(now) and agent not in self._asking:
+                    self._renew(agent, params, now)
                 return lease
             self._close_lease(lease)
         asking = self._asking.get(agent)
         if asking is None:
-            if not self._lease_wanted(agent, loop.time()):
+            if not self._lease_wanted(agent, now):
                 return None
-            asking = self._asking[agent] = loop.create_task(self._ask_for_lease(params))
+            asking = self._ask(params)
         # Shielded: a lease granted to a call whose client left serves the next ones.
         lease = await asyncio.shield(asking)
-        return lease if lease is not None and lease.covers(params, loop.time()) else None
+        now = asyncio.get_running_loop().time()
+        return lease if lease is not None and lease.covers(params, now) else None
+
+    def _renew(self, agent: uuid.UUID, params: dict[str, Any], now: float) -> None:
+        """Ask for the agent's next lease while its open one still serves, so that no
+        call waits for a lease's admission while the agent keeps calling often."""
+        if self._lease_wanted(agent, now):
+            self._ask(params)
+
+    def _ask(self, params: dict[str, Any]) -> asyncio.Task:
+        asking = asyncio.get_running_loop().create_task(self._ask_for_lease(params))
+        self._asking[params["agent"]] = asking
+        # A renewal nobody awaits may fail (the database away): it is only retried later.
+        asking.add_done_callback(lambda task: task.cancelled() or task.exception())
+        return asking
 
     def _lease_wanted(self, agent: uuid.UUID, now: float) -> bool:
         return (
@@ -719,15 +740,28 @@ class PgLedger:
         wanted = leases.lease_params(params, calls=settings.GATEWAY_LEASE_CALLS)
         try:
             rows = await self._rows("admit", wanted, durable=True)
+            verdict = verdict_from_row(rows[0]) if rows else None
+        except BaseException:
+            self._not_before[agent] = loop.time() + leases.LEASE_PAUSE_SECONDS
+            raise
         finally:
             del self._asking[agent]
-        verdict = verdict_from_row(rows[0]) if rows else None
         if verdict is None or verdict.code != "ok":
             self._not_before[agent] = loop.time() + leases.LEASE_PAUSE_SECONDS
+            if refuses_agent(verdict):
+                self._close_open_lease(agent)
             return None
+        # The lease it renews, if any, serves no more calls: it is settled once their
+        # rows are written.
+        self._close_open_lease(agent)
         lease = self._leases[agent] = Lease.granted(wanted, verdict, draws_until)
         loop.call_at(draws_until, self._close_lease, lease)
         return lease
+
+    def _close_open_lease(self, agent: uuid.UUID) -> None:
+        lease = self._leases.get(agent)
+        if lease is not None:
+            self._close_lease(lease)
 
     def _close_lease(self, lease: Lease) -> None:
         """Draw no more from ``lease``; settle it once its calls' rows are written."""
@@ -851,6 +885,7 @@ class PgLedger:
     async def close(self) -> None:
         """Settle the leases (their calls are answered: the server stopped taking
         calls first), then close the pools."""
+        await asyncio.gather(*self._asking.values(), return_exceptions=True)
         for lease in list(self._leases.values()):
             self._close_lease(lease)
         if self._lease_tasks:

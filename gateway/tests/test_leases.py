@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import itertools
 import threading
 import time
 from decimal import Decimal
@@ -16,7 +17,7 @@ from decimal import Decimal
 import openai
 import pytest
 from django.db import connection
-from django.db.models import Sum
+from django.db.models import Count, Sum
 from django.utils import timezone
 
 from agents.kill_switch import kill_agent
@@ -130,6 +131,31 @@ def test_an_agent_calling_one_call_after_another_is_leased_too(gateway, fake_pro
     assert_counters_equal_the_ledger(bot.agent)
     assert bot.agent.tokens_today == 60 * 26
     assert bot.agent.model_calls_outside_runs_today == 60
+
+
+def test_a_lease_is_renewed_while_it_still_serves(gateway, fake_providers, make_agent, settings):
+    # An agent that keeps calling never waits for a lease's admission: the next lease is
+    # asked for while the open one still has calls and time left. Asked for only once
+    # the open one could not cover a call, it would be asked for after its time was up,
+    # or with every one of its calls drawn.
+    bot = make_agent(**BUSY)
+    assert hammer([gateway], bot.token, clients=1, calls=150) == ["ok"] * 150
+    wait_for_settlement(bot.agent, count=150)
+    leases = list(
+        UsageRecord.objects.filter(agent=bot.agent, reserved_calls__gt=1)
+        .annotate(drawn=Count("calls"))
+        .order_by("created_at")
+    )
+    life = dt.timedelta(seconds=settings.GATEWAY_LEASE_SECONDS)
+    renewed = [
+        (before, after)
+        for before, after in itertools.pairwise(leases)
+        if after.created_at < before.created_at + life
+        and before.drawn < settings.GATEWAY_LEASE_CALLS
+    ]
+    assert renewed, [(lease.created_at, lease.drawn) for lease in leases]
+    assert_counters_equal_the_ledger(bot.agent)
+    assert bot.agent.tokens_today == 150 * 26
 
 
 def test_an_agent_with_the_default_limits_is_never_leased(gateway, fake_providers, make_agent):
