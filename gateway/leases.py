@@ -15,10 +15,10 @@ its pending ledger row, on disk before any call drawn from it is forwarded.
 
 For GATEWAY_LEASE_SECONDS from the moment it was asked for, calls draw from it in
 memory: each takes its own worst case from what is left, so the lease never covers
-more than it reserved. After its answer each call writes its complete ledger row
-(batched, made durable by the settlements' group flush). Once the lease's time is
-up, or it cannot cover the next call, and its calls' rows are written, one
-statement settles it: their summed usage is charged, the rest released.
+more than it reserved. Once the lease's time is up, or it cannot
+cover the next call, and every call drawn from it is answered, one statement settles
+it: it writes each call's complete ledger row (and its run's step), charges their
+summed usage and releases the rest, durably (the settlements' group flush).
 
 While the agent keeps calling, its next lease is asked for before the open one runs
 out (RENEW_WHEN_LEFT of its life or its calls left), so that its calls do not wait
@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
@@ -108,7 +108,8 @@ class Lease:
     cost: Decimal
     tools: int
     drawn: int = 0
-    unwritten: int = 0  # drawn calls whose rows are not written yet
+    unanswered: int = 0  # drawn calls not answered yet
+    rows: list[dict[str, Any]] = field(default_factory=list)  # answered calls' rows
     used_tokens: int = 0
     used_cost: Decimal = Decimal(0)
     used_tool_calls: int = 0
@@ -156,12 +157,15 @@ class Lease:
         self.cost -= params["cost"]
         self.tools -= params["tools"]
         self.drawn += 1
-        self.unwritten += 1
+        self.unanswered += 1
 
-    def written(self, reservation: Reservation, charged: dict[str, Any]) -> None:
-        """A drawn call's row is written: its charge counts, the rest of its worst case
-        may be drawn again."""
-        self.unwritten -= 1
+    def answered(
+        self, reservation: Reservation, charged: dict[str, Any], row: dict[str, Any]
+    ) -> None:
+        """A drawn call is answered (its complete row ``row`` is written with the lease's
+        settlement): its charge counts, the rest of its worst case may be drawn again."""
+        self.unanswered -= 1
+        self.rows.append(row)
         self.tokens += reservation.tokens - charged["tokens"]
         self.cost += reservation.cost - charged["cost"]
         self.tools += reservation.tool_calls - charged["tool_calls"]
@@ -171,14 +175,14 @@ class Lease:
 
     @property
     def done(self) -> bool:
-        """Closed, and every call drawn from it written: it can be settled."""
-        return not self.open and self.unwritten == 0
+        """Closed, and every call drawn from it answered: it can be settled."""
+        return not self.open and self.unanswered == 0
 
 
 def call_row(
     admitted: dict[str, Any], lease: Lease, reservation: Reservation, charged: dict[str, Any]
 ) -> dict[str, Any]:
-    """A drawn call's complete ledger row (``ledger_sql.CALL_ROWS``): its admission
+    """A drawn call's complete ledger row (``ledger_sql.CALL_ROW_COLUMNS``): its admission
     ``admitted``, its settlement ``charged``."""
     return {
         **charged,
@@ -227,9 +231,12 @@ def settlement_params(
     own_tool_calls: int = 0,
 ) -> dict[str, Any]:
     """``tokens``, ``cost`` and ``tool_calls`` are what the settlement charges: the
-    lease's calls' rows, and the lease's own (``own_*``) if any."""
+    lease's calls' rows, and the lease's own (``own_*``) if any. The calls' rows
+    themselves go in ``batch`` (``ledger.batch_json``), which the worker that drew them
+    sets; the sweeper has none."""
     return {
         "record": record_id,
+        "batch": "[]",
         "status": status,
         "own_input": own_input,
         "own_output": own_output,

@@ -321,12 +321,17 @@ def batch_params(calls: Sequence[dict[str, Any]], columns: dict[str, str]) -> di
     """One PostgreSQL batch statement's parameters: its calls' ``columns`` and places as
     one JSON array (``ledger_sql.batch_rows``), and the batch's own time."""
     now = timezone.now()
+    batch = batch_json(calls, columns)
+    return {"batch": batch, "now": now, "today": now.date(), "minute": int(now.timestamp() // 60)}
+
+
+def batch_json(calls: Sequence[dict[str, Any]], columns: dict[str, str]) -> str:
+    """``calls``' ``columns`` and places as ``ledger_sql.batch_rows`` reads them."""
     rows = [
         {"ord": place, **{name: call[name] for name in columns}}
         for place, call in enumerate(calls, 1)
     ]
-    batch = orjson.dumps(rows, default=_as_text).decode()
-    return {"batch": batch, "now": now, "today": now.date(), "minute": int(now.timestamp() // 60)}
+    return orjson.dumps(rows, default=_as_text).decode()
 
 
 def _as_text(value: object) -> str:
@@ -581,20 +586,13 @@ class PgLedger:
         )
         # Leases (gateway.leases), by agent: the one being drawn from, the one being
         # asked for, and when the next may be asked for after a refusal; the calls
-        # drawn and not yet written, by their row, and the rows they write, batched.
+        # drawn and not yet answered, by their row.
         self._leases: dict[uuid.UUID, Lease] = {}
         self._asking: dict[uuid.UUID, asyncio.Task] = {}
         self._not_before: dict[uuid.UUID, float] = {}
         self._drawn: dict[uuid.UUID, tuple[Lease, dict[str, Any]]] = {}
         self._pace: dict[uuid.UUID, tuple[float, int]] = {}  # (since, calls since), by agent
         self._lease_tasks: set[asyncio.Task] = set()  # leases being settled
-        self._call_rows = Batcher(
-            self._write_call_rows,
-            in_flight=1,
-            outage=OUTAGE,
-            linger=SETTLE_LINGER_SECONDS,
-            more_coming=lambda: bool(self._unsettled),
-        )
 
     async def _open(self) -> None:
         """The two pools, each with a connection ready (a call's settlement then does
@@ -751,8 +749,8 @@ class PgLedger:
             if refuses_agent(verdict):
                 self._close_open_lease(agent)
             return None
-        # The lease it renews, if any, serves no more calls: it is settled once their
-        # rows are written.
+        # The lease it renews, if any, serves no more calls: it is settled once they
+        # are answered.
         self._close_open_lease(agent)
         lease = self._leases[agent] = Lease.granted(wanted, verdict, draws_until)
         loop.call_at(draws_until, self._close_lease, lease)
@@ -764,7 +762,7 @@ class PgLedger:
             self._close_lease(lease)
 
     def _close_lease(self, lease: Lease) -> None:
-        """Draw no more from ``lease``; settle it once its calls' rows are written."""
+        """Draw no more from ``lease``; settle it once its calls are answered."""
         lease.open = False
         if self._leases.get(lease.agent_id) is lease:
             del self._leases[lease.agent_id]
@@ -776,6 +774,7 @@ class PgLedger:
 
     async def _settle_lease(self, lease: Lease) -> None:
         params = leases.settlement(lease, timezone.now())
+        params["batch"] = batch_json(lease.rows, ledger_sql.CALL_ROW_COLUMNS)
         for wait in (*SETTLE_RETRY_WAITS, None):
             try:
                 rows = await self._rows("settle_lease", params)
@@ -824,22 +823,15 @@ class PgLedger:
         drawn = self._drawn.get(reservation.record_id)
         if drawn is None:
             return await self._settlements.submit(reservation.agent_id, (reservation, params))
-        # Drawn from a lease: the call's own complete row now, the charge with the lease's.
+        # Drawn from a lease: its row and its charge are written with the lease's
+        # settlement. A crash before that leaves the lease pending, and the sweeper
+        # charges its whole reservation.
         lease, admitted = drawn
-        row = leases.call_row(admitted, lease, reservation, params)
-        await self._call_rows.submit(reservation.record_id, row)
-        if self._drawn.pop(reservation.record_id, None) is not None:  # once, if retried
-            lease.written(reservation, params)
-            if lease.done:
-                self._close_lease(lease)
+        del self._drawn[reservation.record_id]
+        lease.answered(reservation, params, leases.call_row(admitted, lease, reservation, params))
+        if lease.done:
+            self._close_lease(lease)
         return None
-
-    async def _write_call_rows(self, rows: Sequence[dict[str, Any]]) -> list[None]:
-        # Committed without waiting for the disk, and not flushed: the lease's
-        # settlement commits after them, so once it is on disk they are; a crash
-        # before that leaves the lease pending, and the sweeper charges it whole.
-        await self._rows("call_rows", batch_params(rows, ledger_sql.CALL_ROW_COLUMNS))
-        return [None] * len(rows)
 
     async def _settle_batch(
         self, settlements: Sequence[tuple[Reservation, dict[str, Any]]]

@@ -178,8 +178,7 @@ class Statements:
     flush: str = ""  # PostgreSQL: an empty transaction with an xid, committed durably
     admit_batch: str = ""  # PostgreSQL: admission of several calls at once
     settle_batch: str = ""  # PostgreSQL: settlement of several calls at once
-    call_rows: str = ""  # PostgreSQL: complete rows of calls drawn from leases
-    settle_lease: str = ""  # PostgreSQL: a lease's settlement
+    settle_lease: str = ""  # PostgreSQL: a lease's settlement, its calls' rows with it
 
 
 # The columns the verdict reads: the rest of the row is never copied.
@@ -338,14 +337,15 @@ SELECT * FROM charged"""
 
 
 # Leases (gateway.leases): a lease is admitted like a call, ``calls`` at once, and its
-# pending row is the reservation. Each call drawn from it writes its complete row
-# after its answer (CALL_ROWS: status, usage and cost, pointing at the lease, and its
-# run's step if the lease is in a run). The lease's settlement then charges what its
-# calls used in one go (SETTLE_LEASE): it releases the reservation, counts the steps
-# made, gives back the requests of the rate not made (in the lease's minute) and adds
-# the calls' usage, to the agent and to the run. The lease's own row keeps only what
-# was charged beyond its calls' rows (nothing, unless the sweeper charged a lease
-# whose worker died), so the ledger's rows sum to the counters.
+# pending row is the reservation. The calls drawn from it are answered, then the
+# lease's settlement (SETTLE_LEASE) does all the writing in one statement: each call's
+# complete row (status, usage and cost, pointing at the lease) and its run's step; the
+# reservation released, the steps made counted, the requests of the rate not made given
+# back (in the lease's minute) and the calls' usage charged, to the agent and the run.
+# All of it only if the lease is still pending: a lease already settled (a retry) or
+# swept (its worker was thought dead) writes no call after the fact. The lease's own
+# row keeps only what was charged beyond its calls' rows (nothing, unless the sweeper
+# charged a lease whose worker died), so the ledger's rows sum to the counters.
 CALL_ROW_COLUMNS = {
     **SETTLE_COLUMNS,
     "agent": "uuid", "run": "uuid", "lease": "uuid", "provider": "text",
@@ -353,18 +353,6 @@ CALL_ROW_COLUMNS = {
     "reserved_output": "bigint", "reserved_cost": "numeric", "reserved_tools": "bigint",
     "admitted": "timestamptz",
 }  # fmt: skip
-CALL_ROWS = f"""
-WITH q AS MATERIALIZED ({batch_rows(CALL_ROW_COLUMNS)}
-), written AS (
-    INSERT INTO {RECORD} ({RECORD_COLUMNS}, lease_id)
-    SELECT q.record, q.agent, q.run, q.provider, q.model, q.status, q.http_status, q.streamed,
-        q.request_id, q.input, q.cached, q.created, q.output, q.tool_calls, q.tool_names::jsonb,
-        q.dropped::jsonb, q.reserved_tokens, q.reserved_output, q.reserved_cost,
-        q.reserved_tools, q.charged, q.cost, q.latency, q.admitted, %(now)s, 1, q.lease
-    FROM q ON CONFLICT (id) DO NOTHING RETURNING id
-)
-{STEP_INSERT} SELECT q.run, 'model_call', q.model, q.detail::jsonb, %(now)s
-FROM q JOIN written ON written.id = q.record WHERE q.run IS NOT NULL"""
 LEASE_OUTSIDE = "(CASE WHEN rec.run_id IS NULL THEN 1 ELSE 0 END)"
 SETTLE_LEASE = f"""
 WITH rec AS (
@@ -374,6 +362,17 @@ WITH rec AS (
     WHERE id = %(record)s AND status = 'pending'
     RETURNING agent_id, run_id, reserved_tokens, reserved_cost, reserved_tool_calls,
         reserved_calls
+), q AS MATERIALIZED ({batch_rows(CALL_ROW_COLUMNS)}
+), written AS (
+    INSERT INTO {RECORD} ({RECORD_COLUMNS}, lease_id)
+    SELECT q.record, q.agent, q.run, q.provider, q.model, q.status, q.http_status, q.streamed,
+        q.request_id, q.input, q.cached, q.created, q.output, q.tool_calls, q.tool_names::jsonb,
+        q.dropped::jsonb, q.reserved_tokens, q.reserved_output, q.reserved_cost,
+        q.reserved_tools, q.charged, q.cost, q.latency, q.admitted, %(now)s, 1, q.lease
+    FROM q WHERE EXISTS (SELECT FROM rec) ON CONFLICT (id) DO NOTHING RETURNING id
+), stepped AS (
+    {STEP_INSERT} SELECT q.run, 'model_call', q.model, q.detail::jsonb, %(now)s
+    FROM q JOIN written ON written.id = q.record WHERE q.run IS NOT NULL
 ), charged AS (
     UPDATE {AGENT} AS a SET
         reserved_tokens = GREATEST(a.reserved_tokens - rec.reserved_tokens, 0),
@@ -451,7 +450,6 @@ SELECT * FROM charged"""
         flush="SELECT txid_current()",
         admit_batch=admit_batch,
         settle_batch=settle_batch,
-        call_rows=CALL_ROWS,
         settle_lease=SETTLE_LEASE,
     )
 

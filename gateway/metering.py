@@ -17,8 +17,6 @@ from dataclasses import dataclass
 from decimal import ROUND_CEILING, ROUND_HALF_UP, Decimal
 
 from django.db import transaction
-from django.db.models import Sum
-from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from agents.models import Agent, AgentStatus
@@ -236,44 +234,27 @@ def charge_unsettled_calls(*, older_than: dt.timedelta) -> int:
     return charged
 
 
-# A lease's calls are admitted within GATEWAY_LEASE_SECONDS of it: their rows are
-# looked for this long after it (by the agent's index on the time).
-LEASE_CALLS_WITHIN = dt.timedelta(minutes=1)
-
-
 def _left_lease(lease) -> dict:
-    """The settlement of a lease whose worker died: its whole reservation, of which
-    the rows its calls wrote are part; the rest is the lease row's own charge. Every
-    call it could have admitted counts as a step; no request of the rate is given back."""
+    """The settlement of a lease whose worker died: its whole reservation, as the lease
+    row's own charge (its calls' rows are written only with the settlement its worker
+    did not live to make). Every call it could have admitted counts as a step; no
+    request of the rate is given back."""
     from gateway.leases import settlement_params
     from gateway.models import UsageStatus
 
-    written = lease.calls.filter(
-        agent_id=lease.agent_id,
-        created_at__gte=lease.created_at,
-        created_at__lte=lease.created_at + LEASE_CALLS_WITHIN,
-    ).aggregate(
-        input=Coalesce(Sum("input_tokens"), 0),
-        output=Coalesce(Sum("output_tokens"), 0),
-        cost=Coalesce(Sum("cost"), Decimal(0)),
-        tool_calls=Coalesce(Sum("tool_calls"), 0),
-    )
-    own_input = max(lease.reserved_tokens - lease.reserved_output_tokens - written["input"], 0)
-    own_output = max(lease.reserved_output_tokens - written["output"], 0)
-    own_cost = max(lease.reserved_cost - written["cost"], Decimal(0))
-    own_tool_calls = max(lease.reserved_tool_calls - written["tool_calls"], 0)
+    own_input = lease.reserved_tokens - lease.reserved_output_tokens
     return settlement_params(
         lease.pk,
         status=UsageStatus.SWEPT,
         minute=0,
         unused=0,
         steps=lease.reserved_calls,
-        tokens=written["input"] + written["output"] + own_input + own_output,
-        cost=written["cost"] + own_cost,
-        tool_calls=written["tool_calls"] + own_tool_calls,
+        tokens=lease.reserved_tokens,
+        cost=lease.reserved_cost,
+        tool_calls=lease.reserved_tool_calls,
         now=timezone.now(),
         own_input=own_input,
-        own_output=own_output,
-        own_cost=own_cost,
-        own_tool_calls=own_tool_calls,
+        own_output=lease.reserved_output_tokens,
+        own_cost=lease.reserved_cost,
+        own_tool_calls=lease.reserved_tool_calls,
     )

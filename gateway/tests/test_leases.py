@@ -12,6 +12,7 @@ import datetime as dt
 import itertools
 import threading
 import time
+import uuid
 from decimal import Decimal
 
 import openai
@@ -22,6 +23,9 @@ from django.utils import timezone
 
 from agents.kill_switch import kill_agent
 from agents.models import Agent
+from gateway.leases import settlement_params
+from gateway.ledger import batch_json, settle_lease_sync
+from gateway.ledger_sql import CALL_ROW_COLUMNS
 from gateway.metering import charge_unsettled_calls
 from gateway.models import UsageRecord, UsageStatus
 from gateway.proxy import close_all
@@ -266,10 +270,8 @@ def test_a_lowered_cap_binds_once_the_lease_is_over(
     assert hammer([gateway, second_gateway], bot.token, clients=4, calls=16) == ["429"] * 16
 
 
-def test_the_sweeper_charges_a_dead_workers_lease_its_whole_reservation(make_agent):
-    """A worker died holding a lease of 32 calls, two of whose rows it had written:
-    the lease is charged in full, its calls' rows being part of the charge."""
-    bot = make_agent(**BUSY)
+def a_dead_workers_lease(bot) -> UsageRecord:
+    """A lease of 32 calls left pending an hour ago (its worker died holding it)."""
     lease = UsageRecord.objects.create(
         agent=bot.agent,
         provider="openai",
@@ -279,28 +281,18 @@ def test_the_sweeper_charges_a_dead_workers_lease_its_whole_reservation(make_age
         reserved_cost=Decimal("0.32"),
         reserved_calls=32,
     )
-    for _ in range(2):
-        UsageRecord.objects.create(
-            agent=bot.agent,
-            lease=lease,
-            provider="openai",
-            model="gpt-test",
-            status=UsageStatus.OK,
-            input_tokens=12,
-            output_tokens=14,
-            cost=Decimal("0.000170"),
-            reserved_tokens=500,
-            reserved_output_tokens=100,
-            reserved_cost=Decimal("0.01"),
-            settled_at=timezone.now(),
-        )
     Agent.objects.filter(pk=bot.agent.pk).update(
         reserved_tokens=32 * 500,
         reserved_cost=Decimal("0.32"),
         reserved_model_calls_outside_runs=32,
     )
-    an_hour_ago = timezone.now() - dt.timedelta(hours=1)
-    UsageRecord.objects.update(created_at=an_hour_ago)
+    UsageRecord.objects.update(created_at=timezone.now() - dt.timedelta(hours=1))
+    return lease
+
+
+def test_the_sweeper_charges_a_dead_workers_lease_its_whole_reservation(make_agent):
+    bot = make_agent(**BUSY)
+    lease = a_dead_workers_lease(bot)
 
     assert charge_unsettled_calls(older_than=dt.timedelta(minutes=15)) == 1
     agent = bot.refresh()
@@ -309,6 +301,35 @@ def test_the_sweeper_charges_a_dead_workers_lease_its_whole_reservation(make_age
     assert_counters_equal_the_ledger(agent)
     lease.refresh_from_db()
     assert (lease.status, lease.charged_reservation) == (UsageStatus.SWEPT, True)
-    assert (lease.input_tokens, lease.output_tokens) == (32 * 400 - 24, 32 * 100 - 28)
+    assert (lease.input_tokens, lease.output_tokens) == (32 * 400, 32 * 100)
     assert charge_unsettled_calls(older_than=dt.timedelta(minutes=15)) == 0
     assert bot.refresh().tokens_today == 32 * 500  # charged once
+
+
+def test_a_swept_lease_s_late_settlement_writes_no_call_and_charges_nothing(make_agent):
+    # The sweeper took the lease's worker for dead while a call drawn from it was still
+    # running; when that worker settles the lease after all, its calls' rows are not
+    # written, so the ledger's rows still sum to the counters.
+    bot = make_agent(**BUSY)
+    lease = a_dead_workers_lease(bot)
+    assert charge_unsettled_calls(older_than=dt.timedelta(minutes=15)) == 1
+    now = timezone.now()
+    late_call = {
+        "record": uuid.uuid4(), "status": "ok", "http_status": 200, "input": 12, "cached": 0,
+        "created": 0, "output": 14, "tokens": 26, "tool_calls": 0, "tool_names": "[]",
+        "cost": Decimal("0.00017"), "charged": False, "latency": 3, "request_id": "",
+        "model": "gpt-test", "detail": "{}", "agent": bot.agent.pk, "run": None,
+        "lease": lease.pk, "provider": "openai", "streamed": False, "dropped": "[]",
+        "reserved_tokens": 500, "reserved_output": 100, "reserved_cost": Decimal("0.01"),
+        "reserved_tools": 0, "admitted": now,
+    }  # fmt: skip
+    params = settlement_params(
+        lease.pk, status="lease", minute=0, unused=31, steps=1, tokens=26,
+        cost=Decimal("0.00017"), tool_calls=0, now=now,
+    )  # fmt: skip
+    params["batch"] = batch_json([late_call], CALL_ROW_COLUMNS)
+
+    assert settle_lease_sync(bot.agent.pk, params) is None  # settled already: by the sweeper
+    assert not UsageRecord.objects.filter(pk=late_call["record"]).exists()
+    assert bot.refresh().tokens_today == 32 * 500
+    assert_counters_equal_the_ledger(bot.agent)
