@@ -23,9 +23,10 @@ summed usage and releases the rest, durably (the settlements' group flush).
 While the agent keeps calling, its next lease is asked for before the open one runs
 out (RENEW_WHEN_LEFT of its life or its calls left), so that its calls do not wait
 for a lease's admission every GATEWAY_LEASE_SECONDS; once granted, it replaces the
-open one, which is settled as any other. So an agent holds at most two leases in a
-worker at once, and each is granted only with room for four times its reservation
-beside the other's.
+open one, which is settled as any other. So at most two of an agent's leases are
+drawn from or asked for in a worker at once (others may wait for a slow call to be
+answered before they settle), and each is granted only with room for four times its
+reservation beside every other pending one.
 
 What the lease's life bounds:
 
