@@ -174,27 +174,28 @@ def pause_for_cap(agent: Agent, reason: str) -> None:
         transaction.on_commit(lambda: _enqueue(stop_agent_at_cap, str(agent.pk)))
 
 
+def cap_reached(state) -> str | None:
+    """Which cap a running agent's settled spend (a settlement's state, or None) reached,
+    as the reason to pause it; None if none."""
+    if state is None or state.status != AgentStatus.RUNNING:
+        return None
+    if state.tokens_day == timezone.now().date() and state.tokens_today >= state.daily_token_cap:
+        return f"daily token cap of {state.daily_token_cap:,} tokens reached"
+    if state.cost_this_period >= state.monthly_cost_cap:
+        return f"monthly cost cap of ${state.monthly_cost_cap} reached"
+    return None
+
+
 def at_cap(state) -> bool:
-    """Whether a running agent's settled spend (a settlement's state) reached a cap."""
-    today = timezone.now().date()
-    tokens_out = state.tokens_day == today and state.tokens_today >= state.daily_token_cap
-    return state.status == AgentStatus.RUNNING and (
-        tokens_out or state.cost_this_period >= state.monthly_cost_cap
-    )
+    """Whether to pause the agent (``cap_reached``): checked on the event loop, so a
+    settlement hops to a database thread only when there is something to do."""
+    return cap_reached(state) is not None
 
 
 def pause_if_at_cap(state) -> None:
     """After a settlement: pause an agent whose settled spend reached a cap."""
-    if state is None or state.status != AgentStatus.RUNNING:
-        return
-    today = timezone.now().date()
-    if state.tokens_day == today and state.tokens_today >= state.daily_token_cap:
-        reason = f"daily token cap of {state.daily_token_cap:,} tokens reached"
-    elif state.cost_this_period >= state.monthly_cost_cap:
-        reason = f"monthly cost cap of ${state.monthly_cost_cap} reached"
-    else:
-        return
-    pause_for_cap(Agent.objects.get(pk=state.agent_id), reason)
+    if reason := cap_reached(state):
+        pause_for_cap(Agent.objects.get(pk=state.agent_id), reason)
 
 
 def _enqueue(task, *args: str) -> None:
