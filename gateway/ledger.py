@@ -17,7 +17,7 @@ import logging
 import threading
 import uuid
 import weakref
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -471,6 +471,36 @@ def settle_sync(
             return state_from_row(reservation.agent_id, cursor.fetchone())
 
 
+async def settle_until_taken(settle: Callable[[], Awaitable[AgentState | None]], what: str) -> None:
+    """Run a settlement (``settle``: a call's or a lease's) until the database takes it,
+    then pause the agent if it reached a cap.
+
+    The database away (a restart): the provider's usage is known and must not be lost,
+    so it is tried again after each of SETTLE_RETRY_WAITS; settling twice is harmless,
+    as only a pending row is settled. If it stays away, or anything else fails, the
+    pending row stays and the sweeper charges its whole reservation.
+    """
+    for wait in (*SETTLE_RETRY_WAITS, None):
+        try:
+            state = await settle()
+            break
+        except OUTAGE as exc:
+            if wait is None:
+                logger.error(
+                    "settling %s failed: the database stayed away (%s); the sweeper will "
+                    "charge its reservation",
+                    what,
+                    exc.__class__.__name__,
+                )
+                return
+            await asyncio.sleep(wait)
+        except Exception:
+            logger.exception("settling %s failed", what)
+            return
+    if at_cap(state):
+        await in_db(pause_if_at_cap, state)
+
+
 def settle_lease_sync(agent_id: uuid.UUID, params: dict[str, Any]) -> AgentState | None:
     """A lease's settlement (``leases.settlement_params``); None if settled already.
     Leases are PostgreSQL's alone."""
@@ -775,28 +805,13 @@ class PgLedger:
     async def _settle_lease(self, lease: Lease) -> None:
         params = leases.settlement(lease, timezone.now())
         params["batch"] = batch_json(lease.rows, ledger_sql.CALL_ROW_COLUMNS)
-        for wait in (*SETTLE_RETRY_WAITS, None):
-            try:
-                rows = await self._rows("settle_lease", params)
-                await self._settled_durably()
-                break
-            except OUTAGE as exc:
-                if wait is None:
-                    logger.error(
-                        "settling lease %s failed: the database stayed away (%s); the "
-                        "sweeper will charge its reservation",
-                        lease.record_id,
-                        exc.__class__.__name__,
-                    )
-                    return
-                await asyncio.sleep(wait)
-            except Exception:
-                # The lease stays pending; the sweeper charges its reservation.
-                logger.exception("settling lease %s failed", lease.record_id)
-                return
-        state = state_from_row(lease.agent_id, rows[0] if rows else None)
-        if state is not None and at_cap(state):
-            await in_db(pause_if_at_cap, state)
+
+        async def settle() -> AgentState | None:
+            rows = await self._rows("settle_lease", params)
+            await self._settled_durably()
+            return state_from_row(lease.agent_id, rows[0] if rows else None)
+
+        await settle_until_taken(settle, f"lease {lease.record_id}")
 
     async def _admit_batch(self, calls: Sequence[dict[str, Any]]) -> list[Verdict | None]:
         if len(calls) == 1:  # the single-call statement: no arrays to build or unnest

@@ -30,7 +30,6 @@ from agents.conversations import StopReason
 from agents.tokens import hash_token, looks_like_token
 from gateway.ledger import (
     OUTAGE,
-    SETTLE_RETRY_WAITS,
     AgentConfig,
     Outcome,
     Reservation,
@@ -41,15 +40,9 @@ from gateway.ledger import (
     ledger,
     refusal_params,
     reservation_for,
+    settle_until_taken,
 )
-from gateway.metering import (
-    Price,
-    Refusal,
-    at_cap,
-    pause_for_cap,
-    pause_if_at_cap,
-    refusal_for,
-)
+from gateway.metering import Price, Refusal, pause_for_cap, refusal_for
 from gateway.models import UsageStatus
 from gateway.providers import ANTHROPIC, OPENAI, BadRequest, Call, Provider, StreamMeter
 from safer_claw import boundary
@@ -353,31 +346,12 @@ class Settler:
         await asyncio.shield(self._settle(outcome))
 
     async def _settle(self, outcome: Outcome) -> None:
-        for wait in (*SETTLE_RETRY_WAITS, None):
-            try:
-                state = await ledger().settle(
-                    self.reservation, outcome, model=self.call.model, now=timezone.now()
-                )
-                break
-            except OUTAGE as exc:
-                # The database is away (a restart): the provider's usage is known
-                # and must not be lost, so try again. Settling twice is harmless:
-                # only a pending row is settled.
-                if wait is None:
-                    logger.error(
-                        "settling call %s failed: the database stayed away (%s); the "
-                        "sweeper will charge its reservation",
-                        self.reservation.record_id,
-                        exc.__class__.__name__,
-                    )
-                    return
-                await asyncio.sleep(wait)
-            except Exception:
-                # The pending row stays; the sweeper charges it in full.
-                logger.exception("settling call %s failed", self.reservation.record_id)
-                return
-        if state is not None and at_cap(state):
-            await in_db(pause_if_at_cap, state)
+        await settle_until_taken(
+            lambda: ledger().settle(
+                self.reservation, outcome, model=self.call.model, now=timezone.now()
+            ),
+            f"call {self.reservation.record_id}",
+        )
 
 
 async def forward(send, receive, provider, call, price, reservation, headers, started) -> None:
