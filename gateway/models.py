@@ -128,8 +128,8 @@ class UsageRecord(models.Model):
     reserved_calls = models.PositiveIntegerField(
         default=1, db_default=1, help_text="How many calls the row reserves: 1, or a lease's."
     )
-    # Not indexed: the one lookup by lease (the sweeper's, for a lease left behind)
-    # goes by the agent and the time, which are indexed.
+    # Not indexed: nothing looks calls up by their lease (a lease's calls are written
+    # with its settlement, so the sweeper charges a lease left behind without them).
     lease = models.ForeignKey(
         "self",
         null=True,
