@@ -11,6 +11,8 @@ thinking about it:
   column (SQLite raised OverflowError on a larger one, and no id is larger);
 - a header value is printable ASCII (or a tab): nothing downstream reads
   anything else, and the agent's own headers go upstream;
+- a request's headers add up to at most ``MAX_HEADER_BYTES`` (production serves
+  uvicorn's httptools protocol, which sets no limit of its own);
 - a JSON body nests at most ``MAX_DEPTH`` levels (deeper bodies end in
   RecursionError in whatever walks them next: Stripe's library, json.dumps,
   our allow-lists) and its numbers stay within ±``MAX_NUMBER`` (2^53, what
@@ -34,6 +36,9 @@ import orjson
 
 MAX_DEPTH = 64
 MAX_NUMBER = 2**53
+# Names and values together; h11's default limit, far above any request of ours
+# (a bearer token, a session and CSRF cookie, a Stripe signature).
+MAX_HEADER_BYTES = 16 * 1024
 # Control characters but tab, and anything past ASCII.
 _BAD_HEADER_BYTES = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f-\xff]")
 _BAD_TEXT = re.compile("[\x00\ud800-\udfff]")
@@ -146,7 +151,10 @@ def check_path(path: str) -> None:
 
 
 def check_headers(headers: Iterable[tuple[bytes, bytes]]) -> None:
-    """Refuse a header value that is not printable ASCII (raw ASGI headers)."""
+    """Refuse headers past ``MAX_HEADER_BYTES`` or not printable ASCII (raw ASGI headers)."""
+    headers = list(headers)
+    if sum(len(name) + len(value) for name, value in headers) > MAX_HEADER_BYTES:
+        raise BadInput(f"The request's headers exceed {MAX_HEADER_BYTES} bytes.", "headers")
     for name, value in headers:
         if _BAD_HEADER_BYTES.search(value) or _BAD_HEADER_BYTES.search(name):
             shown = name.decode("latin-1")[:40]

@@ -85,6 +85,17 @@ def test_headers_must_be_printable_ascii():
             boundary.check_headers([(b"x-note", value)])
 
 
+def test_headers_past_the_limit_are_refused_whole():
+    name = b"x-pad"
+    at_limit = b"a" * (boundary.MAX_HEADER_BYTES - len(name))
+    boundary.check_headers([(name, at_limit)])
+    with pytest.raises(boundary.BadInput, match="exceed"):
+        boundary.check_headers([(name, at_limit + b"a")])
+    # Counted over all of them: many small headers add up as one large one.
+    with pytest.raises(boundary.BadInput, match="exceed"):
+        boundary.check_headers([(b"x", b"a" * 1023)] * 17)
+
+
 def test_a_scope_is_checked_in_path_query_and_headers():
     base = {"path": "/api/", "query_string": b"a=1", "headers": [(b"host", b"x")]}
     assert boundary.scope_problem(base) is None

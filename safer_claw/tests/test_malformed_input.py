@@ -458,11 +458,16 @@ def test_huge_and_non_ascii_headers_are_refused_by_every_family(gateway, make_ag
         assert live_error(response, "api")["code"] == "bad_request", path
     response = httpx.get(f"{gateway}/accounts/login/", headers=odd)
     assert response.status_code == 400
-    # Past the server's header limit: refused by the server itself, still a 4xx.
+    # Past the boundary's header limit: refused in the family's shape, before the token.
     huge = [(b"x-pad", b"a" * 100_000)]
-    for path in ("/gateway/openai/v1/chat/completions", "/api/agents/", "/accounts/login/"):
+    response = chat(gateway, bot.token, openai_body(), **{"x-pad": "a" * 100_000})
+    assert "exceed" in live_error(response, "openai")["message"]
+    for path in ("/api/agents/", "/webhooks/stripe"):
         response = httpx.post(f"{gateway}{path}", content=b"{}", headers=huge)
-        assert 400 <= response.status_code < 500, path
+        assert "exceed" in live_error(response, "api")["message"], path
+    response = httpx.get(f"{gateway}/accounts/login/", headers=huge)
+    assert response.status_code == 400
+    assert "exceed" in response.text
     assert not UsageRecord.objects.exists()
 
 
